@@ -1,0 +1,462 @@
+/*
+ * connection.c - a connection's life: read path, write path, close, unbind.
+ *
+ * Reads go into the loop's one 64 KiB buffer, a few times per wakeup, and
+ * stop at a short read: the socket is then almost surely empty, and the
+ * level-triggered backend reports it again if not, so a 64-byte echo costs
+ * one read, one write and a share of epoll_wait. No allocation per read.
+ *
+ * Writes happen inside em_send_data when nothing is queued; only what the
+ * kernel refuses is queued, and write interest is armed only then.
+ *
+ * Closing never calls back into the caller: em_close_connection and errors
+ * move the connection to loop->pending_unbind; em__conn_reap (after each
+ * callback batch) closes the descriptor, runs unbind once and frees the
+ * memory. That gives EventMachine's guarantees: unbind exactly once, after
+ * every other callback, never re-entrantly, and a connection pointer stays
+ * valid until its unbind returns.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
+                      int fd, uint32_t flags)
+{
+    em_conn *conn = calloc(1, sizeof(*conn) + handler->state_size);
+    if (!conn)
+        return NULL;
+    conn->watcher.fd = fd;
+    conn->watcher.on_event = em__conn_on_event;
+    conn->loop = loop;
+    conn->handler = handler;
+    conn->arg = arg;
+    conn->transport = &em__socket_transport;
+    conn->flags = flags;
+    conn->last_activity_ns = loop->now_ns;
+    conn->connect_timeout_ms = EM__DEFAULT_CONNECT_TIMEOUT_MS;
+    em__list_init(&conn->timeout_link);
+    em__list_push_back(&loop->conns, &conn->link);
+    loop->conn_count++;
+    return conn;
+}
+
+static int is_closing(const em_conn *conn)
+{
+    return (conn->flags & EM__CONN_CLOSING) != 0;
+}
+
+/* ---- interest -------------------------------------------------------- */
+
+static unsigned wanted_interest(const em_conn *conn)
+{
+    uint32_t f = conn->flags;
+    if (f & EM__CONN_CLOSING || conn->watcher.fd < 0)
+        return 0;
+    if (f & EM__CONN_CONNECTING)
+        return EM__OUT;
+    if (f & EM__CONN_PAUSED)
+        return 0;
+    unsigned interest = 0;
+    if (!(f & EM__CONN_READ_EOF))
+        interest |= EM__IN;
+    if (conn->out.bytes > 0)
+        interest |= EM__OUT;
+    return interest;
+}
+
+void em__conn_update_interest(em_conn *conn)
+{
+    int err = em__poller_set(conn->loop, &conn->watcher,
+                             wanted_interest(conn));
+    if (err < 0)
+        em__conn_close_now(conn, err);
+}
+
+/* ---- closing --------------------------------------------------------- */
+
+void em__conn_close_now(em_conn *conn, int reason)
+{
+    if (is_closing(conn))
+        return;
+    conn->flags |= EM__CONN_CLOSING;
+    conn->close_reason = reason;
+    em__timeout_disarm(conn);
+    em__list_remove(&conn->link);
+    em__list_push_back(&conn->loop->pending_unbind, &conn->link);
+}
+
+/* Releases everything but the struct; leaves it reusable by em_reconnect. */
+static void conn_release_io(em_conn *conn)
+{
+    em__connect_free(conn);
+    em__outq_clear(&conn->out);
+    if (conn->watcher.fd >= 0) {
+        em__poller_forget(conn->loop, &conn->watcher);
+        conn->transport->close(conn);
+    }
+}
+
+static void conn_unbind(em_loop *loop, em_conn *conn)
+{
+    em__list_remove(&conn->link);
+    conn_release_io(conn);
+    conn->flags |= EM__CONN_IN_UNBIND;
+    conn->flags &= ~EM__CONN_RECONNECTED;
+    if (conn->handler->unbind)
+        conn->handler->unbind(conn, conn->close_reason);
+    conn->flags &= ~EM__CONN_IN_UNBIND;
+    if (conn->flags & EM__CONN_RECONNECTED) {
+        conn->flags &= ~EM__CONN_RECONNECTED;
+        return; /* em_reconnect linked it into loop->conns again */
+    }
+    loop->conn_count--;
+    free(conn);
+}
+
+static void free_dead_servers(em_loop *loop)
+{
+    while (!em__list_empty(&loop->dead_servers)) {
+        em_server *server =
+            em__container_of(loop->dead_servers.next, em_server, link);
+        em__list_remove(&server->link);
+        free(server);
+    }
+}
+
+void em__conn_reap(em_loop *loop)
+{
+    while (!em__list_empty(&loop->pending_unbind)) {
+        em_conn *conn =
+            em__container_of(loop->pending_unbind.next, em_conn, link);
+        conn_unbind(loop, conn);
+    }
+    if (!em__list_empty(&loop->dead_servers))
+        free_dead_servers(loop);
+}
+
+/* ---- write path ------------------------------------------------------ */
+
+static void touch(em_conn *conn)
+{
+    em__timeout_touch(conn);
+}
+
+/* The queue just became empty: finish what waited for that. */
+static void queue_drained(em_conn *conn)
+{
+    if (conn->flags & EM__CONN_CLOSE_AFTER_WRITING) {
+        em__conn_close_now(conn, 0);
+        return;
+    }
+    if (conn->flags & EM__CONN_SHUT_PENDING) {
+        conn->flags &= ~EM__CONN_SHUT_PENDING;
+        conn->flags |= EM__CONN_WRITE_SHUT;
+        int err = conn->transport->shutdown_write(conn);
+        if (err < 0 && err != -ENOTCONN) {
+            em__conn_close_now(conn, err);
+            return;
+        }
+    }
+    if (conn->flags & EM__CONN_WAS_QUEUED) {
+        conn->flags &= ~EM__CONN_WAS_QUEUED;
+        if (conn->handler->drained)
+            conn->handler->drained(conn);
+    }
+}
+
+void em__conn_flush(em_conn *conn)
+{
+    struct iovec iov[EM__IOV_MAX];
+    while (conn->out.bytes > 0) {
+        int count = em__outq_iov(&conn->out, iov, EM__IOV_MAX);
+        ssize_t n = conn->transport->writev(conn, iov, count);
+        if (n == -EAGAIN)
+            break;
+        if (n < 0) {
+            em__conn_close_now(conn, (int)n);
+            return;
+        }
+        em__outq_consume(&conn->out, (size_t)n);
+        touch(conn);
+    }
+    if (conn->out.bytes == 0)
+        queue_drained(conn);
+    if (!is_closing(conn))
+        em__conn_update_interest(conn);
+}
+
+static int can_write_now(const em_conn *conn)
+{
+    return !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_PAUSED)) &&
+           conn->out.bytes == 0;
+}
+
+int em_send_data(em_conn *conn, const void *data, size_t len)
+{
+    if (!conn || (!data && len > 0))
+        return -EINVAL;
+    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
+        return -ENOTCONN;
+    if (conn->flags & (EM__CONN_CLOSE_AFTER_WRITING | EM__CONN_SHUT_PENDING |
+                       EM__CONN_WRITE_SHUT))
+        return -EPIPE;
+    if (len == 0)
+        return 0;
+
+    const char *bytes = data;
+    if (can_write_now(conn)) {
+        struct iovec iov = {.iov_base = (void *)bytes, .iov_len = len};
+        ssize_t n = conn->transport->writev(conn, &iov, 1);
+        if (n < 0 && n != -EAGAIN) {
+            em__conn_close_now(conn, (int)n);
+            return (int)n;
+        }
+        if (n > 0) {
+            touch(conn);
+            bytes += n;
+            len -= (size_t)n;
+        }
+        if (len == 0)
+            return 0;
+    }
+    int err = em__outq_append(&conn->out, bytes, len);
+    if (err < 0)
+        return err;
+    conn->flags |= EM__CONN_WAS_QUEUED;
+    em__conn_update_interest(conn);
+    return 0;
+}
+
+size_t em_get_outbound_data_size(const em_conn *conn)
+{
+    return conn ? conn->out.bytes : 0;
+}
+
+/* ---- read path ------------------------------------------------------- */
+
+/* Peer sent FIN: what we still owe it goes out first, then we close. */
+static void on_peer_eof(em_conn *conn)
+{
+    conn->flags |= EM__CONN_READ_EOF;
+    if (conn->out.bytes == 0) {
+        em__conn_close_now(conn, 0);
+        return;
+    }
+    conn->flags |= EM__CONN_CLOSE_AFTER_WRITING;
+    em__conn_update_interest(conn);
+}
+
+static int can_read(const em_conn *conn)
+{
+    return !(conn->flags & (EM__CONN_CLOSING | EM__CONN_PAUSED |
+                            EM__CONN_READ_EOF | EM__CONN_CONNECTING));
+}
+
+static void read_some(em_conn *conn)
+{
+    em_loop *loop = conn->loop;
+    for (int i = 0; i < EM__READS_PER_WAKEUP && can_read(conn); i++) {
+        ssize_t n = conn->transport->read(conn, loop->read_buf,
+                                          sizeof(loop->read_buf));
+        if (n == -EAGAIN)
+            return;
+        if (n < 0) {
+            em__conn_close_now(conn, (int)n);
+            return;
+        }
+        if (n == 0) {
+            on_peer_eof(conn);
+            return;
+        }
+        touch(conn);
+        if (conn->handler->receive_data)
+            conn->handler->receive_data(conn, loop->read_buf, (size_t)n);
+        if ((size_t)n < sizeof(loop->read_buf))
+            return;
+    }
+}
+
+void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents)
+{
+    (void)loop;
+    em_conn *conn = em__container_of(w, em_conn, watcher);
+    if (is_closing(conn))
+        return;
+    if (conn->flags & EM__CONN_CONNECTING) {
+        em__connect_on_writable(conn);
+        return;
+    }
+    if (revents & (EM__IN | EM__ERR))
+        read_some(conn);
+    if ((revents & (EM__OUT | EM__ERR)) && !is_closing(conn) &&
+        !(conn->flags & EM__CONN_PAUSED) && conn->out.bytes > 0)
+        em__conn_flush(conn);
+}
+
+/* ---- established ----------------------------------------------------- */
+
+void em__conn_established(em_conn *conn)
+{
+    conn->flags &= ~EM__CONN_CONNECTING;
+    conn->last_activity_ns = conn->loop->now_ns;
+    em__timeout_disarm(conn);
+    if (conn->inactivity_ms &&
+        em__timeout_arm(conn, (uint64_t)conn->inactivity_ms * 1000000u) < 0) {
+        em__conn_close_now(conn, -ENOMEM);
+        return;
+    }
+    if ((conn->flags & EM__CONN_OUTBOUND) &&
+        conn->handler->connection_completed)
+        conn->handler->connection_completed(conn);
+    if (is_closing(conn))
+        return;
+    if (conn->out.bytes > 0 && !(conn->flags & EM__CONN_PAUSED))
+        em__conn_flush(conn);
+    else if (conn->out.bytes == 0 &&
+             conn->flags & (EM__CONN_CLOSE_AFTER_WRITING |
+                            EM__CONN_SHUT_PENDING))
+        queue_drained(conn);
+    if (!is_closing(conn))
+        em__conn_update_interest(conn);
+}
+
+/* ---- public control -------------------------------------------------- */
+
+int em_close_connection(em_conn *conn, int after_writing)
+{
+    if (!conn)
+        return -EINVAL;
+    if (is_closing(conn) || (conn->flags & EM__CONN_IN_UNBIND))
+        return 0;
+    if (!after_writing) {
+        em__conn_close_now(conn, 0);
+        return 0;
+    }
+    conn->flags |= EM__CONN_CLOSE_AFTER_WRITING;
+    if (conn->out.bytes == 0 && !(conn->flags & EM__CONN_CONNECTING))
+        em__conn_close_now(conn, 0);
+    return 0;
+}
+
+int em_close_write(em_conn *conn)
+{
+    if (!conn)
+        return -EINVAL;
+    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
+        return -ENOTCONN;
+    if (conn->flags & (EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT))
+        return 0;
+    conn->flags |= EM__CONN_SHUT_PENDING;
+    if (conn->out.bytes == 0 && !(conn->flags & EM__CONN_CONNECTING))
+        queue_drained(conn);
+    return 0;
+}
+
+int em_pause(em_conn *conn)
+{
+    if (!conn)
+        return -EINVAL;
+    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
+        return -ENOTCONN;
+    conn->flags |= EM__CONN_PAUSED;
+    em__conn_update_interest(conn);
+    return 0;
+}
+
+int em_resume(em_conn *conn)
+{
+    if (!conn)
+        return -EINVAL;
+    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
+        return -ENOTCONN;
+    conn->flags &= ~EM__CONN_PAUSED;
+    em__conn_update_interest(conn);
+    return 0;
+}
+
+int em_is_paused(const em_conn *conn)
+{
+    return conn && (conn->flags & EM__CONN_PAUSED) ? 1 : 0;
+}
+
+int em_is_connecting(const em_conn *conn)
+{
+    return conn && (conn->flags & EM__CONN_CONNECTING) ? 1 : 0;
+}
+
+void *em_conn_state(const em_conn *conn)
+{
+    if (!conn || conn->handler->state_size == 0)
+        return NULL;
+    return (void *)conn->state;
+}
+
+em_loop *em_conn_loop(const em_conn *conn)
+{
+    return conn ? conn->loop : NULL;
+}
+
+void *em_conn_arg(const em_conn *conn)
+{
+    return conn ? conn->arg : NULL;
+}
+
+/* ---- timeouts -------------------------------------------------------- */
+
+static int seconds_to_ms(double seconds, uint32_t *ms)
+{
+    if (!(seconds >= 0.0) || seconds > 4294967.0)
+        return -EINVAL;
+    double rounded = seconds * 1000.0 + 0.5;
+    *ms = (uint32_t)rounded;
+    if (seconds > 0.0 && *ms == 0)
+        *ms = 1;
+    return 0;
+}
+
+int em_set_comm_inactivity_timeout(em_conn *conn, double seconds)
+{
+    uint32_t ms;
+    if (!conn || seconds_to_ms(seconds, &ms) < 0)
+        return -EINVAL;
+    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
+        return -ENOTCONN;
+    conn->inactivity_ms = ms;
+    if (conn->flags & EM__CONN_CONNECTING)
+        return 0; /* armed once the connection is established */
+    return em__timeout_arm(conn, (uint64_t)ms * 1000000u);
+}
+
+double em_get_comm_inactivity_timeout(const em_conn *conn)
+{
+    return conn ? conn->inactivity_ms / 1000.0 : 0.0;
+}
+
+int em_set_pending_connect_timeout(em_conn *conn, double seconds)
+{
+    uint32_t ms;
+    if (!conn || seconds_to_ms(seconds, &ms) < 0)
+        return -EINVAL;
+    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
+        return -ENOTCONN;
+    conn->connect_timeout_ms = ms;
+    if (!(conn->flags & EM__CONN_CONNECTING))
+        return 0;
+    /* Counted from now: the caller chose a new budget for the attempt. */
+    return em__timeout_arm(conn, (uint64_t)ms * 1000000u);
+}
+
+double em_get_pending_connect_timeout(const em_conn *conn)
+{
+    return conn ? conn->connect_timeout_ms / 1000.0 : 0.0;
+}
+
+double em_get_idle_time(const em_conn *conn)
+{
+    if (!conn || conn->loop->now_ns < conn->last_activity_ns)
+        return 0.0;
+    return (double)(conn->loop->now_ns - conn->last_activity_ns) / 1e9;
+}

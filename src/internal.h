@@ -1,0 +1,300 @@
+/*
+ * internal.h - the structures shared by libem's source files.
+ *
+ * Public names are em_, internal non-static names em__, everything else is
+ * static. One file per concern:
+ *   loop.c       turns, ticks, cross-thread scheduling, stop
+ *   poller_epoll.c  the poll backend behind em__poller_* (io_uring later)
+ *   timers.c     one-shot and periodic timers (4-ary heap, generation ids)
+ *   timeouts.c   per-connection inactivity/connect timeouts (FIFO queues)
+ *   connection.c connection life cycle, read path, close and unbind
+ *   outbound.c   the outbound queue (chunks today, file ranges later)
+ *   transport_socket.c  plain-socket transport (TLS slots in beside it)
+ *   server.c     TCP and Unix listeners, accept
+ *   connect.c    outbound connections, reconnect
+ *   resolve.c    off-thread getaddrinfo
+ *   address.c    host/port parsing into sockaddrs
+ *   sockopt.c    peer/sock names, socket options, keepalive
+ *   error.c      em_strerror, em_err_name
+ */
+#ifndef EM_INTERNAL_H
+#define EM_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "em.h"
+#include "list.h"
+
+#define EM__READ_CHUNK (64 * 1024)    /* one loop-owned read buffer */
+#define EM__READS_PER_WAKEUP 4        /* fairness bound per readable event */
+#define EM__ACCEPTS_PER_WAKEUP 64     /* fairness bound per listener event */
+#define EM__MAX_EVENTS 256            /* epoll_wait batch */
+#define EM__IOV_MAX 64                /* iovecs per writev */
+#define EM__DEFAULT_CONNECT_TIMEOUT_MS 20000
+#define EM__ACCEPT_RETRY_MS 100       /* listener pause after EMFILE */
+
+/* ---- watchers and the poll backend ---------------------------------- */
+
+enum { EM__IN = 1u, EM__OUT = 2u };
+
+typedef struct em__watcher em__watcher;
+/* revents: EM__IN / EM__OUT, plus EM__ERR when the backend saw HUP/ERR. */
+enum { EM__ERR = 4u };
+typedef void (*em__watcher_fn)(em_loop *loop, em__watcher *w,
+                               unsigned revents);
+
+/* Anything with a descriptor the loop watches: sockets, listeners, the
+ * wakeup eventfd; later pipes, datagrams, inotify, signalfd. */
+struct em__watcher {
+    int fd;
+    unsigned registered; /* interest the backend has now (EM__IN|EM__OUT) */
+    int in_backend;      /* added to the backend at all */
+    em__watcher_fn on_event;
+};
+
+int em__poller_open(em_loop *loop);
+void em__poller_close(em_loop *loop);
+/* Makes the backend's interest for w equal to `interest` (0 removes it).
+ * Returns 0 or a negative errno. No syscall when nothing changes. */
+int em__poller_set(em_loop *loop, em__watcher *w, unsigned interest);
+/* Forgets w without a syscall: for a descriptor about to be closed. */
+void em__poller_forget(em_loop *loop, em__watcher *w);
+/* Waits up to timeout_ms and stores ready watchers; returns their count. */
+int em__poller_wait(em_loop *loop, int timeout_ms);
+/* The i-th ready watcher and its events from the last wait. */
+em__watcher *em__poller_ready(em_loop *loop, int i, unsigned *revents);
+
+/* ---- timers (timers.c) ----------------------------------------------- */
+
+typedef struct em__timers em__timers;
+int em__timers_new(em__timers **out);
+void em__timers_free(em__timers *timers);
+/* Earliest deadline in ns (loop clock) or UINT64_MAX when none. */
+uint64_t em__timers_next(const em__timers *timers);
+/* Runs every timer due at loop->now_ns. */
+void em__timers_run(em_loop *loop);
+
+/* ---- inactivity and connect timeouts (timeouts.c) -------------------- */
+
+/* Connections waiting with the same duration share one FIFO queue, so
+ * re-arming on traffic is a move to the tail: O(1), no heap. */
+typedef struct em__timeout_queue {
+    uint64_t duration_ns;
+    em__link members; /* em_conn.timeout_link, oldest deadline first */
+} em__timeout_queue;
+
+typedef struct em__timeouts {
+    em__timeout_queue *queues;
+    size_t count;
+    size_t cap;
+} em__timeouts;
+
+void em__timeouts_free(em__timeouts *t);
+/* Puts conn in the queue for duration_ns (0 removes it). */
+int em__timeout_arm(em_conn *conn, uint64_t duration_ns);
+void em__timeout_disarm(em_conn *conn);
+/* Traffic seen: conn goes to the back of its queue. */
+void em__timeout_touch(em_conn *conn);
+uint64_t em__timeouts_next(const em__timeouts *t);
+/* Closes every connection whose timeout expired (unbind -ETIMEDOUT). */
+void em__timeouts_run(em_loop *loop);
+
+/* ---- transports ------------------------------------------------------ */
+
+/* How the connection code reaches the bytes: plain socket now, TLS next.
+ * read: >0 bytes, 0 EOF, negative errno (-EAGAIN when nothing is there).
+ * writev: bytes accepted or a negative errno. */
+typedef struct em__transport {
+    ssize_t (*read)(em_conn *conn, void *buf, size_t len);
+    ssize_t (*writev)(em_conn *conn, const struct iovec *iov, int count);
+    int (*shutdown_write)(em_conn *conn);
+    void (*close)(em_conn *conn);
+} em__transport;
+
+extern const em__transport em__socket_transport;
+
+/* ---- outbound queue (outbound.c) ------------------------------------- */
+
+enum em__chunk_kind { EM__CHUNK_MEMORY = 0 };
+
+typedef struct em__chunk {
+    struct em__chunk *next;
+    uint32_t kind;
+    uint32_t start; /* first unsent byte */
+    uint32_t end;   /* one past the last byte */
+    uint32_t cap;
+    char data[];
+} em__chunk;
+
+typedef struct em__outq {
+    em__chunk *head;
+    em__chunk *tail;
+    size_t bytes;
+} em__outq;
+
+int em__outq_append(em__outq *q, const char *data, size_t len);
+/* Fills up to max iovecs from the head; returns how many. */
+int em__outq_iov(const em__outq *q, struct iovec *iov, int max);
+void em__outq_consume(em__outq *q, size_t n);
+void em__outq_clear(em__outq *q);
+
+/* ---- connections ----------------------------------------------------- */
+
+enum em__conn_flag {
+    EM__CONN_OUTBOUND = 1u << 0,   /* made by em_connect */
+    EM__CONN_CONNECTING = 1u << 1, /* connect not yet completed */
+    EM__CONN_PAUSED = 1u << 2,
+    EM__CONN_CLOSE_AFTER_WRITING = 1u << 3,
+    EM__CONN_CLOSING = 1u << 4,    /* on pending_unbind, no more I/O */
+    EM__CONN_SHUT_PENDING = 1u << 5, /* em_close_write: FIN after drain */
+    EM__CONN_WRITE_SHUT = 1u << 6,   /* FIN sent */
+    EM__CONN_READ_EOF = 1u << 7,     /* peer sent FIN */
+    EM__CONN_IN_UNBIND = 1u << 8,
+    EM__CONN_RECONNECTED = 1u << 9,  /* em_reconnect called in unbind */
+    EM__CONN_WAS_QUEUED = 1u << 10,  /* queue non-empty: drained pending */
+};
+
+struct em__connect_req;
+
+struct em_conn {
+    em__watcher watcher;
+    em_loop *loop;
+    const em_handler *handler;
+    void *arg;
+    const em__transport *transport;
+    uint32_t flags;
+    int close_reason;
+    em__link link;          /* loop->conns or loop->pending_unbind */
+    em__link timeout_link;  /* in a timeout queue */
+    em__timeout_queue *timeout_queue;
+    uint64_t last_activity_ns;
+    uint32_t inactivity_ms;
+    uint32_t connect_timeout_ms;
+    em__outq out;
+    struct em__connect_req *connect;
+    _Alignas(max_align_t) unsigned char state[];
+};
+
+/* Marks conn closed with reason; unbind runs at the end of this batch. */
+void em__conn_close_now(em_conn *conn, int reason);
+/* Recomputes and applies the poll interest of conn. */
+void em__conn_update_interest(em_conn *conn);
+/* Allocates a connection with zeroed state, linked into loop->conns. */
+em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
+                      int fd, uint32_t flags);
+/* The socket connected (or an accepted one is ready): arm and start. */
+void em__conn_established(em_conn *conn);
+/* Writes the queue; closes on error. */
+void em__conn_flush(em_conn *conn);
+/* Runs unbind for every connection marked closing. */
+void em__conn_reap(em_loop *loop);
+void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents);
+void em__connect_free(em_conn *conn);
+void em__connect_on_writable(em_conn *conn);
+/* Closes the connections whose connect failed synchronously. */
+void em__connect_run_failures(em_loop *loop);
+
+/* ---- servers --------------------------------------------------------- */
+
+struct em_server {
+    em__watcher watcher;
+    em_loop *loop;
+    const em_handler *handler;
+    void *arg;
+    em__link link;       /* loop->servers, then loop->dead_servers */
+    int port;
+    int paused_for_emfile;
+    em_timer_id retry_timer;
+    char *unix_path;     /* owned; NULL for TCP */
+};
+
+/* ---- resolver (resolve.c) -------------------------------------------- */
+
+typedef struct em__resolver em__resolver;
+struct addrinfo;
+/* fn runs on the loop thread with the result (owned by the callee, free with
+ * freeaddrinfo) or a negative errno; never after em__resolve_cancel. */
+typedef void (*em__resolve_fn)(em_loop *loop, void *ctx, struct addrinfo *ai,
+                               int err);
+typedef struct em__resolve_job em__resolve_job;
+int em__resolve_start(em_loop *loop, const char *host, int port,
+                      em__resolve_fn fn, void *ctx, em__resolve_job **out);
+void em__resolve_cancel(em_loop *loop, em__resolve_job *job);
+/* Wakeup hook: delivers finished jobs. */
+void em__resolver_deliver(em_loop *loop);
+void em__resolver_free(em_loop *loop);
+
+/* ---- addresses (address.c) ------------------------------------------- */
+
+/* Parses a numeric IPv4/IPv6 literal (or NULL = 0.0.0.0) and port into a
+ * sockaddr. Returns 0, or -EINVAL when host is not a literal. */
+int em__addr_literal(const char *host, int port, struct sockaddr_storage *ss,
+                     socklen_t *len);
+/* Builds a sockaddr_un. Returns 0 or -ENAMETOOLONG / -EINVAL. */
+int em__addr_unix(const char *path, struct sockaddr_storage *ss,
+                  socklen_t *len);
+
+/* ---- the loop -------------------------------------------------------- */
+
+typedef struct em__task {
+    em_callback fn;
+    void *arg;
+} em__task;
+
+/* A growable ring of tasks; no allocation per task in steady state. */
+typedef struct em__task_ring {
+    em__task *tasks;
+    size_t cap;  /* power of two */
+    size_t head; /* next to run */
+    size_t count;
+} em__task_ring;
+
+int em__ring_push(em__task_ring *ring, em_callback fn, void *arg);
+void em__ring_free(em__task_ring *ring);
+
+struct em_loop {
+    /* backend */
+    int backend_fd;
+    int ready_count;
+    void *ready; /* backend's event array */
+
+    uint64_t now_ns;
+    int running;
+    int stopping;          /* shutdown in progress */
+    atomic_int stop_requested;
+
+    em__watcher wakeup;    /* eventfd: em_schedule, em_stop, resolver */
+    atomic_int wakeup_pending;
+
+    pthread_mutex_t schedule_lock;
+    em__task_ring scheduled; /* guarded by schedule_lock */
+    em__task_ring ticks;
+
+    em__link conns;          /* live connections */
+    em__link pending_unbind; /* closed, unbind not yet run */
+    em__link servers;
+    em__link dead_servers;   /* stopped; freed after the current batch */
+    em__link failed_connects; /* em_conn.timeout_link; closed next turn */
+    size_t conn_count;
+
+    em__timers *timers;
+    em__timeouts timeouts;
+    em__resolver *resolver;
+
+    em_callback before_poll;
+    em_callback after_poll;
+    void *poll_hook_arg;
+
+    char read_buf[EM__READ_CHUNK];
+};
+
+/* Wakes the loop from any thread (eventfd write; async-signal-safe). */
+void em__loop_wakeup(em_loop *loop);
+uint64_t em__clock_ns(void);
+
+#endif

@@ -1,0 +1,391 @@
+/*
+ * loop.c - the reactor: turns, next-tick and cross-thread queues, stop.
+ *
+ * One turn: run the ticks queued before the turn, sleep in the backend until
+ * the earliest timer or timeout, dispatch ready watchers, run due timers and
+ * timeouts, and after each batch run unbind for connections closed in it.
+ * Connections are freed only there, so a watcher pointer from the current
+ * epoll batch never dangles.
+ *
+ * Cross-thread work (em_schedule, em_stop, resolver results) wakes the loop
+ * through one eventfd. em_stop only stores an atomic flag and writes the
+ * eventfd, both async-signal-safe, so it works from signal handlers; the
+ * loop thread does the actual shutdown. A pipe pair was the alternative; an
+ * eventfd is one descriptor and one 8-byte write.
+ *
+ * Ticks and scheduled tasks live in growable rings, so queueing one costs
+ * no allocation once the ring has grown to the working size.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+uint64_t em__clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- task rings ------------------------------------------------------ */
+
+static int ring_grow(em__task_ring *ring)
+{
+    size_t cap = ring->cap ? ring->cap * 2 : 64;
+    em__task *tasks = malloc(cap * sizeof(*tasks));
+    if (!tasks)
+        return -ENOMEM;
+    for (size_t i = 0; i < ring->count; i++)
+        tasks[i] = ring->tasks[(ring->head + i) & (ring->cap - 1)];
+    free(ring->tasks);
+    ring->tasks = tasks;
+    ring->cap = cap;
+    ring->head = 0;
+    return 0;
+}
+
+int em__ring_push(em__task_ring *ring, em_callback fn, void *arg)
+{
+    if (ring->count == ring->cap && ring_grow(ring) < 0)
+        return -ENOMEM;
+    size_t slot = (ring->head + ring->count) & (ring->cap - 1);
+    ring->tasks[slot] = (em__task){fn, arg};
+    ring->count++;
+    return 0;
+}
+
+static em__task ring_pop(em__task_ring *ring)
+{
+    em__task task = ring->tasks[ring->head];
+    ring->head = (ring->head + 1) & (ring->cap - 1);
+    ring->count--;
+    return task;
+}
+
+void em__ring_free(em__task_ring *ring)
+{
+    free(ring->tasks);
+    memset(ring, 0, sizeof(*ring));
+}
+
+/* ---- wakeups --------------------------------------------------------- */
+
+void em__loop_wakeup(em_loop *loop)
+{
+    uint64_t one = 1;
+    ssize_t n = write(loop->wakeup.fd, &one, sizeof(one));
+    (void)n; /* EAGAIN means the counter is already non-zero: still awake */
+}
+
+static void run_scheduled(em_loop *loop)
+{
+    pthread_mutex_lock(&loop->schedule_lock);
+    em__task_ring batch = loop->scheduled;
+    memset(&loop->scheduled, 0, sizeof(loop->scheduled));
+    atomic_store(&loop->wakeup_pending, 0);
+    pthread_mutex_unlock(&loop->schedule_lock);
+
+    while (batch.count) {
+        em__task task = ring_pop(&batch);
+        task.fn(loop, task.arg);
+        em__conn_reap(loop);
+    }
+    /* Give the grown ring back so the next burst does not allocate. */
+    pthread_mutex_lock(&loop->schedule_lock);
+    if (loop->scheduled.tasks == NULL) {
+        batch.head = 0;
+        loop->scheduled = batch;
+        batch.tasks = NULL;
+    }
+    pthread_mutex_unlock(&loop->schedule_lock);
+    free(batch.tasks);
+}
+
+static void on_wakeup(em_loop *loop, em__watcher *w, unsigned revents)
+{
+    (void)revents;
+    uint64_t value;
+    ssize_t n = read(w->fd, &value, sizeof(value));
+    (void)n;
+    run_scheduled(loop);
+    if (loop->resolver)
+        em__resolver_deliver(loop);
+}
+
+/* ---- life cycle ------------------------------------------------------ */
+
+static int loop_init(em_loop *loop)
+{
+    loop->backend_fd = -1;
+    loop->wakeup.fd = -1;
+    em__list_init(&loop->conns);
+    em__list_init(&loop->pending_unbind);
+    em__list_init(&loop->servers);
+    em__list_init(&loop->dead_servers);
+    em__list_init(&loop->failed_connects);
+    loop->now_ns = em__clock_ns();
+
+    int err = em__poller_open(loop);
+    if (err < 0)
+        return err;
+    loop->wakeup.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (loop->wakeup.fd < 0)
+        return -errno;
+    loop->wakeup.on_event = on_wakeup;
+    err = em__poller_set(loop, &loop->wakeup, EM__IN);
+    if (err < 0)
+        return err;
+    return em__timers_new(&loop->timers);
+}
+
+static void loop_release(em_loop *loop)
+{
+    if (loop->resolver)
+        em__resolver_free(loop);
+    em__timers_free(loop->timers);
+    em__timeouts_free(&loop->timeouts);
+    em__ring_free(&loop->ticks);
+    em__ring_free(&loop->scheduled);
+    if (loop->wakeup.fd >= 0)
+        close(loop->wakeup.fd);
+    em__poller_close(loop);
+    pthread_mutex_destroy(&loop->schedule_lock);
+    free(loop);
+}
+
+int em_loop_new(em_loop **out)
+{
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    em_loop *loop = calloc(1, sizeof(*loop));
+    if (!loop)
+        return -ENOMEM;
+    pthread_mutex_init(&loop->schedule_lock, NULL);
+    int err = loop_init(loop);
+    if (err < 0) {
+        loop_release(loop);
+        return err;
+    }
+    *out = loop;
+    return 0;
+}
+
+/* Closes every server and connection and runs every unbind. Callbacks may
+ * open new connections meanwhile; those are closed too, so this ends. */
+static void shut_everything(em_loop *loop)
+{
+    loop->stopping = 1;
+    while (!em__list_empty(&loop->servers)) {
+        em_server *server =
+            em__container_of(loop->servers.next, em_server, link);
+        em_stop_server(server);
+    }
+    while (!em__list_empty(&loop->conns) ||
+           !em__list_empty(&loop->pending_unbind)) {
+        while (!em__list_empty(&loop->conns)) {
+            em_conn *conn = em__container_of(loop->conns.next, em_conn, link);
+            int reason = conn->flags & EM__CONN_CONNECTING ? -ECANCELED : 0;
+            em__conn_close_now(conn, reason);
+        }
+        em__conn_reap(loop);
+    }
+    em__conn_reap(loop);
+}
+
+int em_loop_free(em_loop *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    if (loop->running)
+        return -EBUSY;
+    int busy = !em__list_empty(&loop->conns) ||
+               !em__list_empty(&loop->servers) ||
+               !em__list_empty(&loop->pending_unbind);
+    shut_everything(loop);
+    loop_release(loop);
+    return busy ? -EBUSY : 0;
+}
+
+/* ---- running --------------------------------------------------------- */
+
+static void run_ticks(em_loop *loop)
+{
+    /* Only the ticks queued before this turn: a tick that queues another
+     * must not starve polling. */
+    size_t due = loop->ticks.count;
+    while (due-- && loop->ticks.count) {
+        em__task task = ring_pop(&loop->ticks);
+        task.fn(loop, task.arg);
+        em__conn_reap(loop);
+    }
+}
+
+static int poll_timeout(em_loop *loop, int timeout_ms)
+{
+    if (loop->ticks.count || atomic_load(&loop->stop_requested) ||
+        !em__list_empty(&loop->pending_unbind) ||
+        !em__list_empty(&loop->failed_connects))
+        return 0;
+    uint64_t next = em__timers_next(loop->timers);
+    uint64_t next_timeout = em__timeouts_next(&loop->timeouts);
+    if (next_timeout < next)
+        next = next_timeout;
+    if (next == UINT64_MAX)
+        return timeout_ms;
+    if (next <= loop->now_ns)
+        return 0;
+    /* Round up so a timer is never woken for before its deadline. */
+    uint64_t wait_ms = (next - loop->now_ns + 999999) / 1000000;
+    if (timeout_ms >= 0 && wait_ms > (uint64_t)timeout_ms)
+        return timeout_ms;
+    return wait_ms > 0x7fffffff ? 0x7fffffff : (int)wait_ms;
+}
+
+static void dispatch(em_loop *loop, int ready)
+{
+    for (int i = 0; i < ready; i++) {
+        unsigned revents;
+        em__watcher *w = em__poller_ready(loop, i, &revents);
+        w->on_event(loop, w, revents);
+    }
+}
+
+static void turn(em_loop *loop, int timeout_ms)
+{
+    run_ticks(loop);
+    em__connect_run_failures(loop);
+    em__conn_reap(loop);
+    int wait_ms = poll_timeout(loop, timeout_ms);
+    if (wait_ms != 0 && loop->before_poll)
+        loop->before_poll(loop, loop->poll_hook_arg);
+    int ready = em__poller_wait(loop, wait_ms);
+    if (wait_ms != 0 && loop->after_poll)
+        loop->after_poll(loop, loop->poll_hook_arg);
+    loop->now_ns = em__clock_ns();
+    dispatch(loop, ready);
+    em__conn_reap(loop);
+    em__timers_run(loop);
+    em__timeouts_run(loop);
+    em__conn_reap(loop);
+}
+
+/* After the turn in which em_stop was seen: unbind everything, re-arm. */
+static int finish_if_stopped(em_loop *loop)
+{
+    if (!atomic_load(&loop->stop_requested))
+        return 0;
+    shut_everything(loop);
+    loop->stopping = 0;
+    atomic_store(&loop->stop_requested, 0);
+    return 1;
+}
+
+int em_run_once(em_loop *loop, int timeout_ms)
+{
+    if (!loop)
+        return -EINVAL;
+    if (loop->running)
+        return -EBUSY;
+    loop->running = 1;
+    turn(loop, timeout_ms);
+    int stopped = finish_if_stopped(loop);
+    loop->running = 0;
+    return stopped;
+}
+
+int em_run(em_loop *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    if (loop->running)
+        return -EBUSY;
+    loop->running = 1;
+    do
+        turn(loop, -1);
+    while (!finish_if_stopped(loop));
+    loop->running = 0;
+    return 0;
+}
+
+int em_stop(em_loop *loop)
+{
+    if (!loop)
+        return -EINVAL;
+    atomic_store(&loop->stop_requested, 1);
+    em__loop_wakeup(loop);
+    return 0;
+}
+
+int em_is_stopping(const em_loop *loop)
+{
+    if (!loop)
+        return 0;
+    return loop->stopping || atomic_load(&loop->stop_requested);
+}
+
+int em_next_tick(em_loop *loop, em_callback fn, void *arg)
+{
+    if (!loop || !fn)
+        return -EINVAL;
+    return em__ring_push(&loop->ticks, fn, arg);
+}
+
+int em_schedule(em_loop *loop, em_callback fn, void *arg)
+{
+    if (!loop || !fn)
+        return -EINVAL;
+    pthread_mutex_lock(&loop->schedule_lock);
+    int err = em__ring_push(&loop->scheduled, fn, arg);
+    int wake = err == 0 && !atomic_exchange(&loop->wakeup_pending, 1);
+    pthread_mutex_unlock(&loop->schedule_lock);
+    if (wake)
+        em__loop_wakeup(loop);
+    return err;
+}
+
+/* ---- time and introspection ------------------------------------------ */
+
+double em_now(const em_loop *loop)
+{
+    return loop ? (double)loop->now_ns / 1e9 : 0.0;
+}
+
+uint64_t em_now_ms(const em_loop *loop)
+{
+    return loop ? loop->now_ns / 1000000u : 0;
+}
+
+double em_update_time(em_loop *loop)
+{
+    if (!loop)
+        return 0.0;
+    loop->now_ns = em__clock_ns();
+    return em_now(loop);
+}
+
+size_t em_connection_count(const em_loop *loop)
+{
+    return loop ? loop->conn_count : 0;
+}
+
+int em_set_poll_hooks(em_loop *loop, em_callback before_poll,
+                      em_callback after_poll, void *arg)
+{
+    if (!loop)
+        return -EINVAL;
+    loop->before_poll = before_poll;
+    loop->after_poll = after_poll;
+    loop->poll_hook_arg = arg;
+    return 0;
+}
+
+int em_backend_fd(const em_loop *loop)
+{
+    return loop ? loop->backend_fd : -EINVAL;
+}
