@@ -289,8 +289,8 @@ int em_is_paused(const em_conn *conn);
 size_t em_get_outbound_data_size(const em_conn *conn);
 
 /* Closes the connection with unbind(-ETIMEDOUT) when no byte is read or
- * written for `seconds` (0 = never, the default). Re-arming costs O(1).
- * Returns 0 or -EINVAL. */
+ * written for `seconds` (0 = never, the default), counted from this call or
+ * the last traffic after it. Re-arming costs O(1). Returns 0 or -EINVAL. */
 int em_set_comm_inactivity_timeout(em_conn *conn, double seconds);
 
 /* The inactivity timeout in seconds (0 = off).

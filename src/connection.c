@@ -198,8 +198,12 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
 {
     if (!conn || (!data && len > 0))
         return -EINVAL;
-    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
+    if (conn->flags & EM__CONN_IN_UNBIND)
         return -ENOTCONN;
+    /* close_connection(conn, 1) gives -EPIPE even once the close is done. */
+    if (conn->flags & EM__CONN_CLOSING)
+        return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE
+                                                          : -ENOTCONN;
     if (conn->flags & (EM__CONN_CLOSE_AFTER_WRITING | EM__CONN_SHUT_PENDING |
                        EM__CONN_WRITE_SHUT))
         return -EPIPE;
@@ -332,6 +336,7 @@ int em_close_connection(em_conn *conn, int after_writing)
     if (is_closing(conn) || (conn->flags & EM__CONN_IN_UNBIND))
         return 0;
     if (!after_writing) {
+        conn->flags &= ~EM__CONN_CLOSE_AFTER_WRITING; /* upgraded */
         em__conn_close_now(conn, 0);
         return 0;
     }
@@ -444,6 +449,10 @@ int em_set_pending_connect_timeout(em_conn *conn, double seconds)
         return -ENOTCONN;
     conn->connect_timeout_ms = ms;
     if (!(conn->flags & EM__CONN_CONNECTING))
+        return 0;
+    /* Already failed and parked on loop->failed_connects through the same
+     * link (no queue): re-arming would unlink it and lose the failure. */
+    if (em__list_linked(&conn->timeout_link) && !conn->timeout_queue)
         return 0;
     /* Counted from now: the caller chose a new budget for the attempt. */
     return em__timeout_arm(conn, (uint64_t)ms * 1000000u);

@@ -172,7 +172,8 @@ struct em_conn {
     em__link link;          /* loop->conns or loop->pending_unbind */
     em__link timeout_link;  /* in a timeout queue */
     em__timeout_queue *timeout_queue;
-    uint64_t last_activity_ns;
+    uint64_t last_activity_ns; /* last byte read or written */
+    uint64_t timeout_base_ns;  /* the timeout counts from here */
     uint32_t inactivity_ms;
     uint32_t connect_timeout_ms;
     em__outq out;

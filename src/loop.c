@@ -90,10 +90,12 @@ static void run_scheduled(em_loop *loop)
     atomic_store(&loop->wakeup_pending, 0);
     pthread_mutex_unlock(&loop->schedule_lock);
 
+    /* No reap here: this runs inside dispatch (the wakeup watcher), and a
+     * connection freed now could still have an event later in the batch.
+     * turn() reaps once the whole batch is done. */
     while (batch.count) {
         em__task task = ring_pop(&batch);
         task.fn(loop, task.arg);
-        em__conn_reap(loop);
     }
     /* Give the grown ring back so the next burst does not allocate. */
     pthread_mutex_lock(&loop->schedule_lock);

@@ -88,7 +88,9 @@ int em__timeout_arm(em_conn *conn, uint64_t duration_ns)
     if (!q)
         return -ENOMEM;
     conn->timeout_queue = q;
-    conn->last_activity_ns = conn->loop->now_ns;
+    /* Counted from now, not from the last traffic: appending at the tail
+     * keeps the queue sorted only for bases that are "now". */
+    conn->timeout_base_ns = conn->loop->now_ns;
     em__list_push_back(&q->members, &conn->timeout_link);
     return 0;
 }
@@ -97,7 +99,10 @@ void em__timeout_touch(em_conn *conn)
 {
     em__timeout_queue *q = conn->timeout_queue;
     conn->last_activity_ns = conn->loop->now_ns;
-    if (!q || q->members.prev == &conn->timeout_link)
+    if (!q)
+        return;
+    conn->timeout_base_ns = conn->loop->now_ns;
+    if (q->members.prev == &conn->timeout_link)
         return;
     em__list_remove(&conn->timeout_link);
     em__list_push_back(&q->members, &conn->timeout_link);
@@ -107,7 +112,7 @@ static uint64_t head_deadline(const em__timeout_queue *q)
 {
     const em_conn *head =
         em__container_of(q->members.next, em_conn, timeout_link);
-    return head->last_activity_ns + q->duration_ns;
+    return head->timeout_base_ns + q->duration_ns;
 }
 
 uint64_t em__timeouts_next(const em__timeouts *t)
@@ -126,14 +131,26 @@ uint64_t em__timeouts_next(const em__timeouts *t)
 void em__timeouts_run(em_loop *loop)
 {
     em__timeouts *t = &loop->timeouts;
-    for (size_t i = 0; i < t->count; i++) {
-        em__timeout_queue *q = &t->queues[i];
-        while (!em__list_empty(&q->members) &&
-               head_deadline(q) <= loop->now_ns) {
-            em_conn *conn =
-                em__container_of(q->members.next, em_conn, timeout_link);
-            em__timeout_disarm(conn);
-            em__conn_close_now(conn, -ETIMEDOUT);
+    /* Earliest head first across queues: connections that expire in the
+     * same turn unbind in deadline order, whichever queue they are in. */
+    for (;;) {
+        em__timeout_queue *due = NULL;
+        uint64_t earliest = 0;
+        for (size_t i = 0; i < t->count; i++) {
+            em__timeout_queue *q = &t->queues[i];
+            if (em__list_empty(&q->members))
+                continue;
+            uint64_t deadline = head_deadline(q);
+            if (deadline <= loop->now_ns && (!due || deadline < earliest)) {
+                due = q;
+                earliest = deadline;
+            }
         }
+        if (!due)
+            return;
+        em_conn *conn =
+            em__container_of(due->members.next, em_conn, timeout_link);
+        em__timeout_disarm(conn);
+        em__conn_close_now(conn, -ETIMEDOUT);
     }
 }
