@@ -8,6 +8,7 @@
  * take. TCP_NODELAY is set like the other servers in bench/, so none of them
  * is measured against Nagle delays.
  */
+#define _GNU_SOURCE
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>

@@ -45,8 +45,8 @@ typedef uint64_t em_timer_id;
  * Returns a static string; never NULL, never to be freed. */
 const char *em_strerror(int err);
 
-/* Names a negative errno ("ECONNREFUSED"); "UNKNOWN" when it has no name.
- * Returns a static string; never NULL, never to be freed. */
+/* Names a negative errno ("ECONNREFUSED"), "OK" for 0, "UNKNOWN" when it
+ * has no name. Returns a static string; never NULL, never to be freed. */
 const char *em_err_name(int err);
 
 /* ------------------------------------------------------------------ */
