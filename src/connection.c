@@ -139,9 +139,12 @@ void em__conn_reap(em_loop *loop)
 
 /* ---- write path ------------------------------------------------------ */
 
-static void touch(em_conn *conn)
+/* Traffic: idle time restarts, and so does a pending inactivity timeout. */
+static inline void touch(em_conn *conn)
 {
-    em__timeout_touch(conn);
+    conn->last_activity_ns = conn->loop->now_ns;
+    if (conn->timeout_queue)
+        em__timeout_requeue(conn);
 }
 
 /* The queue just became empty: finish what waited for that. */
@@ -188,6 +191,21 @@ void em__conn_flush(em_conn *conn)
         em__conn_update_interest(conn);
 }
 
+#define SEND_REFUSED                                                          \
+    (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING |    \
+     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT)
+
+static int send_refusal(const em_conn *conn)
+{
+    if (conn->flags & EM__CONN_IN_UNBIND)
+        return -ENOTCONN;
+    /* close_connection(conn, 1) gives -EPIPE even once the close is done. */
+    if (conn->flags & EM__CONN_CLOSING)
+        return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE
+                                                          : -ENOTCONN;
+    return -EPIPE;
+}
+
 static int can_write_now(const em_conn *conn)
 {
     return !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_PAUSED)) &&
@@ -198,15 +216,8 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
 {
     if (!conn || (!data && len > 0))
         return -EINVAL;
-    if (conn->flags & EM__CONN_IN_UNBIND)
-        return -ENOTCONN;
-    /* close_connection(conn, 1) gives -EPIPE even once the close is done. */
-    if (conn->flags & EM__CONN_CLOSING)
-        return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE
-                                                          : -ENOTCONN;
-    if (conn->flags & (EM__CONN_CLOSE_AFTER_WRITING | EM__CONN_SHUT_PENDING |
-                       EM__CONN_WRITE_SHUT))
-        return -EPIPE;
+    if (conn->flags & SEND_REFUSED)
+        return send_refusal(conn);
     if (len == 0)
         return 0;
 

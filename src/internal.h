@@ -40,11 +40,14 @@
 
 /* ---- watchers and the poll backend ---------------------------------- */
 
-enum { EM__IN = 1u, EM__OUT = 2u };
+/* The values are epoll's (EPOLLIN, EPOLLOUT, EPOLLERR|EPOLLHUP), checked in
+ * poller_epoll.c, so the hot path translates nothing; another backend maps
+ * its own bits onto these. */
+enum { EM__IN = 0x001u, EM__OUT = 0x004u };
 
 typedef struct em__watcher em__watcher;
 /* revents: EM__IN / EM__OUT, plus EM__ERR when the backend saw HUP/ERR. */
-enum { EM__ERR = 4u };
+enum { EM__ERR = 0x018u };
 typedef void (*em__watcher_fn)(em_loop *loop, em__watcher *w,
                                unsigned revents);
 
@@ -66,8 +69,8 @@ int em__poller_set(em_loop *loop, em__watcher *w, unsigned interest);
 void em__poller_forget(em_loop *loop, em__watcher *w);
 /* Waits up to timeout_ms and stores ready watchers; returns their count. */
 int em__poller_wait(em_loop *loop, int timeout_ms);
-/* The i-th ready watcher and its events from the last wait. */
-em__watcher *em__poller_ready(em_loop *loop, int i, unsigned *revents);
+/* Calls on_event for every watcher the last wait found ready. */
+void em__poller_dispatch(em_loop *loop);
 
 /* ---- timers (timers.c) ----------------------------------------------- */
 
@@ -98,8 +101,8 @@ void em__timeouts_free(em__timeouts *t);
 /* Puts conn in the queue for duration_ns (0 removes it). */
 int em__timeout_arm(em_conn *conn, uint64_t duration_ns);
 void em__timeout_disarm(em_conn *conn);
-/* Traffic seen: conn goes to the back of its queue. */
-void em__timeout_touch(em_conn *conn);
+/* Moves conn to the back of its queue (traffic while a timeout is set). */
+void em__timeout_requeue(em_conn *conn);
 uint64_t em__timeouts_next(const em__timeouts *t);
 /* Closes every connection whose timeout expired (unbind -ETIMEDOUT). */
 void em__timeouts_run(em_loop *loop);

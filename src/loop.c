@@ -249,15 +249,6 @@ static int poll_timeout(em_loop *loop, int timeout_ms)
     return wait_ms > 0x7fffffff ? 0x7fffffff : (int)wait_ms;
 }
 
-static void dispatch(em_loop *loop, int ready)
-{
-    for (int i = 0; i < ready; i++) {
-        unsigned revents;
-        em__watcher *w = em__poller_ready(loop, i, &revents);
-        w->on_event(loop, w, revents);
-    }
-}
-
 static void turn(em_loop *loop, int timeout_ms)
 {
     run_ticks(loop);
@@ -266,11 +257,11 @@ static void turn(em_loop *loop, int timeout_ms)
     int wait_ms = poll_timeout(loop, timeout_ms);
     if (wait_ms != 0 && loop->before_poll)
         loop->before_poll(loop, loop->poll_hook_arg);
-    int ready = em__poller_wait(loop, wait_ms);
+    em__poller_wait(loop, wait_ms);
     if (wait_ms != 0 && loop->after_poll)
         loop->after_poll(loop, loop->poll_hook_arg);
     loop->now_ns = em__clock_ns();
-    dispatch(loop, ready);
+    em__poller_dispatch(loop);
     em__conn_reap(loop);
     em__timers_run(loop);
     em__timeouts_run(loop);

@@ -39,15 +39,10 @@ void em__poller_close(em_loop *loop)
     loop->ready = NULL;
 }
 
-static uint32_t epoll_bits(unsigned interest)
-{
-    uint32_t bits = 0;
-    if (interest & EM__IN)
-        bits |= EPOLLIN;
-    if (interest & EM__OUT)
-        bits |= EPOLLOUT;
-    return bits;
-}
+_Static_assert((unsigned)EM__IN == (unsigned)EPOLLIN &&
+                   (unsigned)EM__OUT == (unsigned)EPOLLOUT &&
+                   (unsigned)EM__ERR == (unsigned)(EPOLLERR | EPOLLHUP),
+               "watcher bits are epoll's");
 
 int em__poller_set(em_loop *loop, em__watcher *w, unsigned interest)
 {
@@ -56,7 +51,7 @@ int em__poller_set(em_loop *loop, em__watcher *w, unsigned interest)
     if (!w->in_backend && interest == 0)
         return 0;
 
-    struct epoll_event ev = {.events = epoll_bits(interest), .data.ptr = w};
+    struct epoll_event ev = {.events = interest, .data.ptr = w};
     int op = EPOLL_CTL_MOD;
     if (!w->in_backend)
         op = EPOLL_CTL_ADD;
@@ -87,16 +82,11 @@ int em__poller_wait(em_loop *loop, int timeout_ms)
     return n;
 }
 
-em__watcher *em__poller_ready(em_loop *loop, int i, unsigned *revents)
+void em__poller_dispatch(em_loop *loop)
 {
-    struct epoll_event *ev = (struct epoll_event *)loop->ready + i;
-    unsigned bits = 0;
-    if (ev->events & EPOLLIN)
-        bits |= EM__IN;
-    if (ev->events & EPOLLOUT)
-        bits |= EM__OUT;
-    if (ev->events & (EPOLLERR | EPOLLHUP))
-        bits |= EM__ERR;
-    *revents = bits;
-    return ev->data.ptr;
+    const struct epoll_event *ready = loop->ready;
+    for (int i = 0; i < loop->ready_count; i++) {
+        em__watcher *w = ready[i].data.ptr;
+        w->on_event(loop, w, ready[i].events);
+    }
 }

@@ -95,12 +95,9 @@ int em__timeout_arm(em_conn *conn, uint64_t duration_ns)
     return 0;
 }
 
-void em__timeout_touch(em_conn *conn)
+void em__timeout_requeue(em_conn *conn)
 {
     em__timeout_queue *q = conn->timeout_queue;
-    conn->last_activity_ns = conn->loop->now_ns;
-    if (!q)
-        return;
     conn->timeout_base_ns = conn->loop->now_ns;
     if (q->members.prev == &conn->timeout_link)
         return;

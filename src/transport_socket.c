@@ -27,6 +27,16 @@ static ssize_t socket_read(em_conn *conn, void *buf, size_t len)
 static ssize_t socket_writev(em_conn *conn, const struct iovec *iov,
                              int count)
 {
+    if (count == 1) { /* the common direct write: no msghdr to build */
+        for (;;) {
+            ssize_t n = send(conn->watcher.fd, iov->iov_base, iov->iov_len,
+                             MSG_NOSIGNAL);
+            if (n >= 0)
+                return n;
+            if (errno != EINTR)
+                return -errno;
+        }
+    }
     struct msghdr msg = {.msg_iov = (struct iovec *)iov,
                          .msg_iovlen = (size_t)count};
     for (;;) {
