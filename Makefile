@@ -6,8 +6,8 @@
 #   make sanitize   the tests again, built with ASan + UBSan (build-asan/)
 #   make valgrind   the tests under valgrind memcheck (build-valgrind/);
 #                   VG_TESTS="error loop" limits it to those areas
-#   make bench      the benchmarks (build-bench/): bench/run.sh $(BENCH_ARGS),
-#                   e.g. make bench BENCH_ARGS=--quick
+#   make bench      the benchmarks (build-bench/): bench/results.sh $(BENCH_ARGS)
+#                   writes bench/RESULTS.md, e.g. make bench BENCH_ARGS=--quick
 #   make format     clang-format every C file in place
 #   make clean      remove the build directories
 
@@ -68,7 +68,7 @@ bench:
 	cmake -S . -B $(BENCH_BUILD) -DEM_BUILD_BENCH=ON -DEM_BUILD_TESTS=OFF \
 	    -DEM_BUILD_EXAMPLES=OFF $(CMAKE_FLAGS)
 	cmake --build $(BENCH_BUILD) -j$(JOBS)
-	bash bench/run.sh --bench-dir $(abspath $(BENCH_BUILD))/bench $(BENCH_ARGS)
+	bash bench/results.sh --bench-dir $(abspath $(BENCH_BUILD))/bench $(BENCH_ARGS)
 
 format:
 	clang-format -i include/*.h src/*.[ch] tests/*.[ch] \

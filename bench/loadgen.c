@@ -289,6 +289,11 @@ static int resolve_server(struct loadgen *lg)
     freeaddrinfo(res);
     lg->server.sin_port = htons((uint16_t)lg->opt.port);
     lg->server_is_loopback = (ntohl(lg->server.sin_addr.s_addr) >> 24) == 127;
+    /* Churn leaves one TIME_WAIT per connection; with a single source the
+     * kernel's ephemeral-port search slows as they pile up, so whichever
+     * server runs later in a round would be measured against a slower
+     * client. Spreading sources from the start keeps every run alike. */
+    lg->rotate_source = lg->opt.mode == MODE_CHURN && lg->server_is_loopback;
     return 0;
 }
 
