@@ -277,6 +277,7 @@ struct em_loop {
 
     pthread_mutex_t schedule_lock;
     em__task_ring scheduled; /* guarded by schedule_lock */
+    em__task_ring schedule_spare; /* loop thread only: next empty ring */
     em__task_ring ticks;
 
     em__link conns;          /* live connections */

@@ -82,11 +82,14 @@ void em__loop_wakeup(em_loop *loop)
     (void)n; /* EAGAIN means the counter is already non-zero: still awake */
 }
 
+/* Swaps the producers' ring for the empty spare under the lock and runs the
+ * batch outside it; the drained ring becomes the next spare, so a steady
+ * stream of em_schedule calls never reallocates. */
 static void run_scheduled(em_loop *loop)
 {
     pthread_mutex_lock(&loop->schedule_lock);
     em__task_ring batch = loop->scheduled;
-    memset(&loop->scheduled, 0, sizeof(loop->scheduled));
+    loop->scheduled = loop->schedule_spare;
     atomic_store(&loop->wakeup_pending, 0);
     pthread_mutex_unlock(&loop->schedule_lock);
 
@@ -97,15 +100,8 @@ static void run_scheduled(em_loop *loop)
         em__task task = ring_pop(&batch);
         task.fn(loop, task.arg);
     }
-    /* Give the grown ring back so the next burst does not allocate. */
-    pthread_mutex_lock(&loop->schedule_lock);
-    if (loop->scheduled.tasks == NULL) {
-        batch.head = 0;
-        loop->scheduled = batch;
-        batch.tasks = NULL;
-    }
-    pthread_mutex_unlock(&loop->schedule_lock);
-    free(batch.tasks);
+    batch.head = 0;
+    loop->schedule_spare = batch;
 }
 
 static void on_wakeup(em_loop *loop, em__watcher *w, unsigned revents)
@@ -153,6 +149,7 @@ static void loop_release(em_loop *loop)
     em__timeouts_free(&loop->timeouts);
     em__ring_free(&loop->ticks);
     em__ring_free(&loop->scheduled);
+    em__ring_free(&loop->schedule_spare);
     if (loop->wakeup.fd >= 0)
         close(loop->wakeup.fd);
     em__poller_close(loop);
