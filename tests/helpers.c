@@ -1,6 +1,7 @@
 /*
  * helpers.c - see helpers.h.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -59,11 +60,73 @@ void th_run_until(em_loop *loop, int *flag, double max_seconds)
     }
 }
 
+/* th_run_until_count and _size: value() reads the counter. */
+static void th_run_until_n(em_loop *loop, const void *counter,
+                           long long (*value)(const void *), long long n,
+                           double max_seconds)
+{
+    double limit = TH_TIMEOUT(max_seconds);
+    double deadline = th_now() + limit;
+    long long have;
+    while ((have = value(counter)) < n) {
+        cr_assert_lt(th_now(), deadline, "count %lld of %lld after %.2f s",
+                     have, n, limit);
+        th_turn(loop);
+    }
+}
+
+static long long th_read_int(const void *counter)
+{
+    return *(const volatile int *)counter;
+}
+
+static long long th_read_size(const void *counter)
+{
+    return (long long)*(const volatile size_t *)counter;
+}
+
+void th_run_until_count(em_loop *loop, const int *counter, int n,
+                        double max_seconds)
+{
+    th_run_until_n(loop, counter, th_read_int, n, max_seconds);
+}
+
+void th_run_until_size(em_loop *loop, const size_t *counter, size_t n,
+                       double max_seconds)
+{
+    th_run_until_n(loop, counter, th_read_size, (long long)n, max_seconds);
+}
+
 void th_run_for(em_loop *loop, double seconds)
 {
     double deadline = th_now() + seconds;
     while (th_now() < deadline)
         th_turn(loop);
+}
+
+void th_sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000,
+                          .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+em_server *th_start_server(em_loop *loop, const em_handler *h, void *arg)
+{
+    em_server *s = NULL;
+    int rc = em_start_server(loop, "127.0.0.1", 0, h, arg, NULL, &s);
+    cr_assert_eq(rc, 0, "em_start_server: %s", em_strerror(rc));
+    return s;
+}
+
+em_server *th_start_unix_server(em_loop *loop, const char *path,
+                                const em_handler *h, void *arg)
+{
+    em_server *s = NULL;
+    int rc = em_start_unix_server(loop, path, h, arg, NULL, &s);
+    cr_assert_eq(rc, 0, "em_start_unix_server %s: %s", path, em_strerror(rc));
+    return s;
 }
 
 int th_listen_port(em_server *s)
@@ -74,6 +137,105 @@ int th_listen_port(em_server *s)
     return port;
 }
 
+void th_stop_and_free(em_loop *loop, em_server *srv)
+{
+    if (srv)
+        cr_assert_eq(em_stop_server(srv), 0);
+    cr_assert_eq(em_connection_count(loop), 0, "%zu connections left",
+                 em_connection_count(loop));
+    th_free_loop(loop);
+}
+
+/* ---- the echo server and the counting client ------------------------- */
+
+void th_echo_post_init(em_conn *conn, void *arg)
+{
+    th_echo *e = arg;
+    e->conn = conn;
+    e->accepted++;
+}
+
+void th_echo_receive(em_conn *conn, const char *data, size_t len)
+{
+    int rc = em_send_data(conn, data, len);
+    cr_assert_eq(rc, 0, "echo em_send_data: %s", em_strerror(rc));
+}
+
+void th_echo_unbind(em_conn *conn, int reason)
+{
+    th_echo *e = em_conn_arg(conn);
+    if (e->conn == conn)
+        e->conn = NULL;
+    e->unbinds++;
+    e->last_reason = reason;
+    if (reason != 0)
+        e->bad_reasons++;
+}
+
+const em_handler th_echo_handler = {
+    .post_init = th_echo_post_init,
+    .receive_data = th_echo_receive,
+    .unbind = th_echo_unbind,
+};
+
+void th_expect_echo(em_loop *loop, int fd, const char *msg)
+{
+    char buf[128];
+    size_t len = strlen(msg);
+    cr_assert_lt(len, sizeof buf);
+    th_send_all(fd, msg, len);
+    size_t got = th_pump_recv(loop, fd, buf, len, 5.0);
+    cr_assert_eq(got, len, "echo cut short: %zu of %zu bytes", got, len);
+    cr_assert_eq(memcmp(buf, msg, len), 0, "echo mangled");
+}
+
+void th_close_clients(em_loop *loop, th_echo *e, const int *fds, int n)
+{
+    int target = e->unbinds + n;
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    th_run_until_count(loop, &e->unbinds, target, 5.0);
+}
+
+static void th_client_post_init(em_conn *conn, void *arg)
+{
+    th_client *c = arg;
+    c->post_inits++;
+    c->connecting_in_post_init = em_is_connecting(conn);
+    if (c->hello)
+        cr_assert_eq(em_send_data(conn, c->hello, strlen(c->hello)), 0);
+}
+
+static void th_client_completed(em_conn *conn)
+{
+    th_client *c = em_conn_arg(conn);
+    c->completed++;
+}
+
+static void th_client_receive(em_conn *conn, const char *data, size_t len)
+{
+    th_client *c = em_conn_arg(conn);
+    cr_assert_leq(c->got_len + len, sizeof c->got);
+    memcpy(c->got + c->got_len, data, len);
+    c->got_len += len;
+    if (c->hello && c->got_len == strlen(c->hello))
+        em_close_connection(conn, 0);
+}
+
+static void th_client_unbind(em_conn *conn, int reason)
+{
+    th_client *c = em_conn_arg(conn);
+    c->unbinds++;
+    c->reason = reason;
+}
+
+const em_handler th_client_handler = {
+    .post_init = th_client_post_init,
+    .connection_completed = th_client_completed,
+    .receive_data = th_client_receive,
+    .unbind = th_client_unbind,
+};
+
 static void th_set_timeouts(int fd)
 {
     struct timeval tv = {.tv_sec = TH_TIMEOUT(TH_SOCKET_TIMEOUT), .tv_usec = 0};
@@ -83,20 +245,25 @@ static void th_set_timeouts(int fd)
                  "SO_SNDTIMEO: %s", strerror(errno));
 }
 
+int th_client_connect_addr(const struct sockaddr *addr, socklen_t len)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+    th_set_timeouts(fd);
+    int rc = connect(fd, addr, len);
+    cr_assert_eq(rc, 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
 int th_client_connect(int port)
 {
     cr_assert(port > 0 && port < 65536, "bad port %d", port);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-    th_set_timeouts(fd);
     struct sockaddr_in sin;
     memset(&sin, 0, sizeof sin);
     sin.sin_family = AF_INET;
     sin.sin_port = htons((uint16_t)port);
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int rc = connect(fd, (struct sockaddr *)&sin, sizeof sin);
-    cr_assert_eq(rc, 0, "connect to 127.0.0.1:%d: %s", port, strerror(errno));
-    return fd;
+    return th_client_connect_addr((struct sockaddr *)&sin, sizeof sin);
 }
 
 int th_client_connect_unix(const char *path)
@@ -104,15 +271,56 @@ int th_client_connect_unix(const char *path)
     struct sockaddr_un sun;
     cr_assert_not_null(path);
     cr_assert_lt(strlen(path), sizeof sun.sun_path, "path too long: %s", path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-    th_set_timeouts(fd);
     memset(&sun, 0, sizeof sun);
     sun.sun_family = AF_UNIX;
     memcpy(sun.sun_path, path, strlen(path) + 1);
-    int rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
-    cr_assert_eq(rc, 0, "connect to %s: %s", path, strerror(errno));
+    return th_client_connect_addr((struct sockaddr *)&sun, sizeof sun);
+}
+
+int th_connect_accepted(em_loop *loop, int port, const int *accepted)
+{
+    int before = *accepted;
+    int fd = th_client_connect(port);
+    th_run_until_count(loop, accepted, before + 1, 5.0);
     return fd;
+}
+
+int th_connect_errno(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int rc = connect(fd, (struct sockaddr *)&sin, sizeof sin);
+    int err = rc < 0 ? errno : 0;
+    close(fd);
+    return err;
+}
+
+int th_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    socklen_t len = sizeof sin;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+int th_have_ipv6_loopback(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6,
+                                .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int ok = bind(fd, (struct sockaddr *)&sin6, sizeof sin6) == 0;
+    close(fd);
+    return ok;
 }
 
 void th_send_all(int fd, const void *data, size_t len)
@@ -178,4 +386,82 @@ char *th_unix_path(char *buf, size_t size, const char *tag)
     cr_assert(n > 0 && (size_t)n < size, "buffer too small for a path");
     unlink(buf);
     return buf;
+}
+
+int th_count_fds(void)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    cr_assert_not_null(dir, "opendir /proc/self/fd: %s", strerror(errno));
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(dir);
+    return n;
+}
+
+void th_raise_nofile(rlim_t want)
+{
+    struct rlimit rl;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0, "getrlimit: %s",
+                 strerror(errno));
+    if (rl.rlim_cur >= want)
+        return;
+    cr_assert(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want,
+              "RLIMIT_NOFILE hard limit %lu < %lu needed",
+              (unsigned long)rl.rlim_max, (unsigned long)want);
+    rl.rlim_cur = want;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0, "setrlimit: %s",
+                 strerror(errno));
+}
+
+/* ---- the byte pattern ------------------------------------------------ */
+
+static uint8_t th_pat(uint64_t i)
+{
+    return (uint8_t)(((uint32_t)i * 2654435761u) >> 24);
+}
+
+void th_pat_fill(uint8_t *buf, uint64_t offset, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = th_pat(offset + i);
+}
+
+long th_pat_check(const uint8_t *buf, uint64_t offset, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] != th_pat(offset + i))
+            return (long)i;
+    return -1;
+}
+
+size_t th_pump_pattern_eof(em_loop *loop, int fd, size_t offset, size_t limit,
+                           int *err, double max_seconds)
+{
+    static uint8_t buf[256 * 1024];
+    double deadline = th_now() + TH_TIMEOUT(max_seconds);
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            cr_assert_leq(offset + (size_t)n, limit, "more bytes than sent");
+            long bad = th_pat_check(buf, offset, (size_t)n);
+            cr_assert_eq(bad, -1, "corrupt byte at offset %zu",
+                         offset + (size_t)bad);
+            offset += (size_t)n;
+            continue;
+        }
+        if (n == 0) {
+            *err = 0;
+            return offset;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            *err = -errno;
+            return offset;
+        }
+        cr_assert_lt(th_now(), deadline, "no EOF after %zu bytes", offset);
+        int rc = em_run_once(loop, 5);
+        cr_assert_geq(rc, 0, "em_run_once: %s", em_strerror(rc));
+    }
 }

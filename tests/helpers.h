@@ -14,6 +14,9 @@
 #define EM_TEST_HELPERS_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include "em.h"
 
@@ -41,6 +44,13 @@ void th_free_loop(em_loop *loop);
  * turn, so it may be set from a callback or another thread. */
 void th_run_until(em_loop *loop, int *flag, double max_seconds);
 
+/* Runs turns like th_run_until until *counter >= n: for counters that
+ * callbacks increment (accepts, unbinds, bytes, timers fired). */
+void th_run_until_count(em_loop *loop, const int *counter, int n,
+                        double max_seconds);
+void th_run_until_size(em_loop *loop, const size_t *counter, size_t n,
+                       double max_seconds);
+
 /* Runs turns for `seconds` (not scaled) whatever happens, to check that
  * something does NOT happen. Fails the test if a turn returns an error. */
 void th_run_for(em_loop *loop, double seconds);
@@ -48,8 +58,67 @@ void th_run_for(em_loop *loop, double seconds);
 /* Monotonic time in seconds, independent of any loop. */
 double th_now(void);
 
+/* Sleeps ms milliseconds (the whole time, despite signals). */
+void th_sleep_ms(int ms);
+
+/* A server on 127.0.0.1, port 0 (th_listen_port tells which), with handler
+ * h and arg; fails the test if em_start_server fails. */
+em_server *th_start_server(em_loop *loop, const em_handler *h, void *arg);
+
+/* The same on the Unix socket at path (a "@name" is abstract). */
+em_server *th_start_unix_server(em_loop *loop, const char *path,
+                                const em_handler *h, void *arg);
+
 /* The port a server listens on (> 0) or a failed test. */
 int th_listen_port(em_server *s);
+
+/* Stops srv (unless NULL), asserts no connection is left and frees the
+ * loop (th_free_loop). */
+void th_stop_and_free(em_loop *loop, em_server *srv);
+
+/* ---- an echo server ----------------------------------------------------
+ * th_echo_handler sends back whatever arrives (asserting em_send_data
+ * succeeds) and counts into the th_echo given as the server's arg. A test
+ * that needs more in post_init wraps th_echo_post_init in its own handler,
+ * with the th_echo as the first member of its arg. */
+typedef struct th_echo {
+    int accepted;    /* post_init calls */
+    int unbinds;     /* unbind calls */
+    int last_reason; /* the latest unbind's reason */
+    int bad_reasons; /* unbinds with a nonzero reason */
+    em_conn *conn;   /* the latest accepted connection; NULL at its unbind */
+} th_echo;
+
+void th_echo_post_init(em_conn *conn, void *arg);
+void th_echo_receive(em_conn *conn, const char *data, size_t len);
+void th_echo_unbind(em_conn *conn, int reason);
+extern const em_handler th_echo_handler;
+
+/* Sends msg on a blocking client fd and expects it back whole through the
+ * loop's echo (up to 127 bytes, 5 s). */
+void th_expect_echo(em_loop *loop, int fd, const char *msg);
+
+/* Closes n client fds and runs until the echo server has unbound as many
+ * more connections (5 s). */
+void th_close_clients(em_loop *loop, th_echo *e, const int *fds, int n);
+
+/* ---- a counting client -------------------------------------------------
+ * th_client_handler, for em_connect / em_connect_unix with a th_client as
+ * arg, counts every callback and keeps what arrives in got. When hello is
+ * set, post_init sends it and the client closes once it has come back
+ * whole: a round trip through an echo server. */
+typedef struct th_client {
+    const char *hello;
+    int post_inits;
+    int connecting_in_post_init; /* em_is_connecting inside post_init */
+    int completed;
+    int unbinds;
+    int reason; /* the latest unbind's reason */
+    char got[128];
+    size_t got_len;
+} th_client;
+
+extern const em_handler th_client_handler;
 
 /* A blocking TCP socket connected to 127.0.0.1:port (SOCK_CLOEXEC, 5 s
  * send and receive timeouts). The connection completes in the kernel's
@@ -58,6 +127,23 @@ int th_client_connect(int port);
 
 /* The same for a Unix-domain socket at path. */
 int th_client_connect_unix(const char *path);
+
+/* The same for any address (e.g. a server's em_server_sockname). */
+int th_client_connect_addr(const struct sockaddr *addr, socklen_t len);
+
+/* th_client_connect, then runs the loop until *accepted has grown (the
+ * server's post_init ran for it; 5 s). Returns the client fd. */
+int th_connect_accepted(em_loop *loop, int port, const int *accepted);
+
+/* Connects a throwaway socket to 127.0.0.1:port and closes it; returns the
+ * connect's errno (0: it connected). */
+int th_connect_errno(int port);
+
+/* A port on 127.0.0.1 that nothing listens on (bound once, released). */
+int th_free_port(void);
+
+/* Whether this machine can bind a TCP socket to ::1. */
+int th_have_ipv6_loopback(void);
 
 /* Sends all of data on a blocking socket (MSG_NOSIGNAL: a dead peer gives
  * a failed assertion, not SIGPIPE). */
@@ -78,5 +164,32 @@ int th_pump_eof(em_loop *loop, int fd, double max_seconds);
  * <tag>.sock"), unique per process and call, and removes any stale file.
  * Returns buf. */
 char *th_unix_path(char *buf, size_t size, const char *tag);
+
+/* Descriptors open in this process (a failed call must not leak one:
+ * compare before and after). */
+int th_count_fds(void);
+
+/* Raises the soft RLIMIT_NOFILE to at least want; fails the test if the
+ * hard limit is lower. */
+void th_raise_nofile(rlim_t want);
+
+/* ---- a byte pattern ----------------------------------------------------
+ * Byte i of a test stream is a bijective hash of the offset i, so a lost,
+ * repeated or shifted range never matches by accident. */
+
+/* Fills buf with the pattern's bytes [offset, offset + len). */
+void th_pat_fill(uint8_t *buf, uint64_t offset, size_t len);
+
+/* The index in buf of the first byte that is not the pattern from offset,
+ * or -1. */
+long th_pat_check(const uint8_t *buf, uint64_t offset, size_t len);
+
+/* Runs the loop (5 ms turns) while reading fd without blocking until EOF,
+ * checking that the bytes continue the pattern at offset and that no more
+ * than limit arrive in all. Returns offset plus the bytes read; *err gets 0
+ * on EOF or the socket's negative errno. Fails the test on a wrong byte or
+ * after max_seconds. */
+size_t th_pump_pattern_eof(em_loop *loop, int fd, size_t offset, size_t limit,
+                           int *err, double max_seconds);
 
 #endif

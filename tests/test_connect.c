@@ -22,17 +22,6 @@
 
 /* ---- helpers --------------------------------------------------------- */
 
-static void run_until_count(em_loop *loop, const int *counter, int n,
-                            double max_seconds)
-{
-    double deadline = th_now() + TH_TIMEOUT(max_seconds);
-    while (*(const volatile int *)counter < n) {
-        cr_assert_lt(th_now(), deadline, "count %d of %d after %.1f s",
-                     *counter, n, max_seconds);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
-}
-
 static int sockaddr_port(const struct sockaddr_storage *ss)
 {
     if (ss->ss_family == AF_INET)
@@ -40,20 +29,6 @@ static int sockaddr_port(const struct sockaddr_storage *ss)
     if (ss->ss_family == AF_INET6)
         return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
     return -1;
-}
-
-/* A loopback port nothing listens on (bound once, then released). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET,
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
-    socklen_t len = sizeof sin;
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-    close(fd);
-    return ntohs(sin.sin_port);
 }
 
 /* A listener that never accepts, with its accept queue already full, so
@@ -90,52 +65,6 @@ static void full_listener_close(struct full_listener *fl)
 {
     close(fl->filler_fd);
     close(fl->listen_fd);
-}
-
-/* ---- the echo server ------------------------------------------------- */
-
-struct srv {
-    int accepted;
-    int unbinds;
-    int last_reason;
-    int peer_port;
-};
-
-static void srv_post_init(em_conn *conn, void *arg)
-{
-    struct srv *s = arg;
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (em_get_peername(conn, (struct sockaddr *)&ss, &len) == 0)
-        s->peer_port = sockaddr_port(&ss);
-    s->accepted++;
-}
-
-static void srv_echo(em_conn *conn, const char *data, size_t len)
-{
-    em_send_data(conn, data, len);
-}
-
-static void srv_unbind(em_conn *conn, int reason)
-{
-    struct srv *s = em_conn_arg(conn);
-    s->unbinds++;
-    s->last_reason = reason;
-}
-
-static const em_handler echo_handler = {
-    .post_init = srv_post_init,
-    .receive_data = srv_echo,
-    .unbind = srv_unbind,
-};
-
-static em_server *start_echo(em_loop *loop, struct srv *s)
-{
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, s, NULL, &server),
-        0);
-    return server;
 }
 
 /* ---- the client ------------------------------------------------------ */
@@ -236,8 +165,8 @@ Test(connect, post_init_data_and_completion_to_own_server,
      .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = start_echo(loop, &s);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     struct cli c = {.loop = loop, .hello = "hello from post_init"};
     em_conn *conn = cli_connect(&c, "127.0.0.1", th_listen_port(server));
 
@@ -248,11 +177,7 @@ Test(connect, post_init_data_and_completion_to_own_server,
     cr_assert_eq(em_is_connecting(conn), 1);
 
     size_t want = strlen(c.hello);
-    double deadline = th_now() + TH_TIMEOUT(5.0);
-    while (c.got_len < want) {
-        cr_assert_lt(th_now(), deadline, "echo never came back");
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
+    th_run_until_size(loop, &c.got_len, want, 5.0);
     cr_assert_eq(c.got_len, want);
     cr_assert_eq(memcmp(c.got, c.hello, want), 0);
     cr_assert_eq(c.completed, 1);
@@ -274,7 +199,7 @@ Test(connect, refused_port_unbinds_with_econnrefused, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     struct cli c = {.loop = loop};
-    cli_connect(&c, "127.0.0.1", free_port());
+    cli_connect(&c, "127.0.0.1", th_free_port());
     cr_assert_eq(c.connecting_in_post_init, 1);
     th_run_until(loop, &c.unbinds, 5.0);
     cr_assert_eq(c.reason, -ECONNREFUSED, "reason %s", em_err_name(c.reason));
@@ -288,8 +213,8 @@ Test(connect, refused_port_unbinds_with_econnrefused, .timeout = TH_TIMEOUT(10))
 Test(connect, close_in_post_init_never_connects, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = start_echo(loop, &s);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     struct cli c = {.loop = loop, .close_in_post_init = 1};
     cli_connect(&c, "127.0.0.1", th_listen_port(server));
     th_run_until(loop, &c.unbinds, 5.0);
@@ -306,17 +231,13 @@ Test(connect, close_in_post_init_never_connects, .timeout = TH_TIMEOUT(10))
 Test(connect, host_name_localhost_is_resolved, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = start_echo(loop, &s);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     struct cli c = {.loop = loop, .hello = "by name"};
     em_conn *conn = cli_connect(&c, "localhost", th_listen_port(server));
     cr_assert_eq(c.connecting_in_post_init, 1);
     th_run_until(loop, &c.completed, 5.0);
-    double deadline = th_now() + TH_TIMEOUT(5.0);
-    while (c.got_len < strlen(c.hello)) {
-        cr_assert_lt(th_now(), deadline);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
+    th_run_until_size(loop, &c.got_len, strlen(c.hello), 5.0);
     cr_assert_eq(memcmp(c.got, "by name", 7), 0);
     cr_assert_eq(em_close_connection(conn, 1), 0);
     th_run_until(loop, &c.unbinds, 5.0);
@@ -343,21 +264,15 @@ Test(connect, unresolvable_name_unbinds_promptly, .timeout = TH_TIMEOUT(15))
 
 Test(connect, ipv6_loopback_literal, .timeout = TH_TIMEOUT(10))
 {
-    int probe = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6,
-                                .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-    int ok =
-        probe >= 0 && bind(probe, (struct sockaddr *)&sin6, sizeof sin6) == 0;
-    if (probe >= 0)
-        close(probe);
-    if (!ok)
+    if (!th_have_ipv6_loopback())
         cr_skip("no IPv6 loopback here");
 
     em_loop *loop = th_loop();
-    struct srv s = {0};
+    th_echo s = {0};
     em_server *server = NULL;
     cr_assert_eq(
-        em_start_server(loop, "::1", 0, &echo_handler, &s, NULL, &server), 0);
+        em_start_server(loop, "::1", 0, &th_echo_handler, &s, NULL, &server),
+        0);
     struct cli c = {.loop = loop, .hello = "v6"};
     em_conn *conn = cli_connect(&c, "::1", th_listen_port(server));
     th_run_until(loop, &c.completed, 5.0);
@@ -491,9 +406,9 @@ Test(connect, stop_while_connecting_unbinds_ecanceled,
 Test(connect, bind_connect_uses_the_local_port, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = start_echo(loop, &s);
-    int local = free_port();
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
+    int local = th_free_port();
     struct cli c = {.loop = loop};
     em_conn *conn = NULL;
     cr_assert_eq(em_bind_connect(loop, "127.0.0.1", local, "127.0.0.1",
@@ -504,7 +419,11 @@ Test(connect, bind_connect_uses_the_local_port, .timeout = TH_TIMEOUT(10))
     th_run_until(loop, &c.completed, 5.0);
     th_run_until(loop, &s.accepted, 5.0);
     cr_assert_eq(c.local_port, local, "client sockname port");
-    cr_assert_eq(s.peer_port, local, "server sees peer port %d", s.peer_port);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    cr_assert_eq(em_get_peername(s.conn, (struct sockaddr *)&ss, &len), 0);
+    cr_assert_eq(sockaddr_port(&ss), local, "server sees peer port %d",
+                 sockaddr_port(&ss));
 
     cr_assert_eq(em_close_connection(conn, 0), 0);
     th_run_until(loop, &c.unbinds, 5.0);
@@ -517,8 +436,8 @@ Test(connect, bind_connect_to_a_taken_port_fails_in_unbind,
      .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = start_echo(loop, &s);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
     struct cli c = {.loop = loop};
     c.in_call = 1;
@@ -558,8 +477,8 @@ Test(connect, bind_connect_to_a_taken_port_fails_in_unbind,
 Test(connect, sync_failure_survives_a_timeout_change, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = start_echo(loop, &s);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
     const double timeouts[] = {0.0, 3.0};
     for (int i = 0; i < 2; i++) {
@@ -652,13 +571,13 @@ static const em_handler rc_handler = {
 Test(connect, reconnect_in_unbind_keeps_state, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = start_echo(loop, &s);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     struct rc_world w = {.port = th_listen_port(server), .max_reconnects = 1};
     cr_assert_eq(em_connect(loop, "127.0.0.1", w.port, &rc_handler, &w, NULL),
                  0);
-    run_until_count(loop, &w.unbinds, 2, 5.0);
-    run_until_count(loop, &s.unbinds, 2, 5.0);
+    th_run_until_count(loop, &w.unbinds, 2, 5.0);
+    th_run_until_count(loop, &s.unbinds, 2, 5.0);
     th_run_for(loop, 0.05);
 
     cr_assert_eq(w.isconn_rc, -EISCONN, "em_reconnect outside unbind");
@@ -682,10 +601,10 @@ Test(connect, reconnect_to_a_dead_port_retries_each_turn,
      .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct rc_world w = {.port = free_port(), .max_reconnects = 4};
+    struct rc_world w = {.port = th_free_port(), .max_reconnects = 4};
     cr_assert_eq(em_connect(loop, "127.0.0.1", w.port, &rc_handler, &w, NULL),
                  0);
-    run_until_count(loop, &w.unbinds, 5, 5.0);
+    th_run_until_count(loop, &w.unbinds, 5, 5.0);
     th_run_for(loop, 0.05);
     cr_assert_eq(w.unbinds, 5, "4 reconnects give 5 unbinds");
     for (int i = 0; i < 5; i++)

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,28 +44,6 @@ static uint64_t rng_next(uint64_t *s)
 static size_t rng_range(uint64_t *s, size_t lo, size_t hi)
 {
     return lo + (size_t)(rng_next(s) % (hi - lo + 1));
-}
-
-/* Byte i of a stream: a bijective hash of the offset, so a lost, repeated
- * or shifted range never matches by accident. */
-static uint8_t pat(uint64_t i)
-{
-    return (uint8_t)(((uint32_t)i * 2654435761u) >> 24);
-}
-
-static void pat_fill(uint8_t *buf, uint64_t offset, size_t len)
-{
-    for (size_t i = 0; i < len; i++)
-        buf[i] = pat(offset + i);
-}
-
-/* Returns the index of the first byte that is not the pattern, or -1. */
-static long pat_check(const uint8_t *buf, uint64_t offset, size_t len)
-{
-    for (size_t i = 0; i < len; i++)
-        if (buf[i] != pat(offset + i))
-            return (long)i;
-    return -1;
 }
 
 static void rand_fill(uint8_t *buf, size_t len, uint64_t seed)
@@ -118,62 +95,6 @@ static void boundary_diff(const size_t *writes, size_t nw, const size_t *chunks,
             if (++ci < nc)
                 cend += chunks[ci];
         }
-    }
-}
-
-static void raise_nofile(rlim_t want)
-{
-    struct rlimit rl;
-    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0, "getrlimit: %s",
-                 strerror(errno));
-    if (rl.rlim_cur >= want)
-        return;
-    cr_assert(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want,
-              "RLIMIT_NOFILE hard limit %lu < %lu needed",
-              (unsigned long)rl.rlim_max, (unsigned long)want);
-    rl.rlim_cur = want;
-    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0, "setrlimit: %s",
-                 strerror(errno));
-}
-
-static em_server *start_server(em_loop *loop, const em_handler *h, void *arg)
-{
-    em_server *s = NULL;
-    int rc = em_start_server(loop, "127.0.0.1", 0, h, arg, NULL, &s);
-    cr_assert_eq(rc, 0, "em_start_server: %s", em_strerror(rc));
-    return s;
-}
-
-/* Reads without blocking while turning the loop, until EOF or an error;
- * verifies the pattern from offset 0. Returns bytes read; *err gets 0 for
- * EOF or the negative errno. */
-static size_t pump_pattern_to_eof(em_loop *loop, int fd, size_t limit, int *err,
-                                  double max_seconds)
-{
-    static uint8_t buf[256 * 1024];
-    size_t total = 0;
-    double deadline = th_now() + TH_TIMEOUT(max_seconds);
-    for (;;) {
-        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n > 0) {
-            cr_assert_leq(total + (size_t)n, limit, "more bytes than sent");
-            long bad = pat_check(buf, total, (size_t)n);
-            cr_assert_eq(bad, -1, "corrupt byte at offset %zu",
-                         total + (size_t)bad);
-            total += (size_t)n;
-            continue;
-        }
-        if (n == 0) {
-            *err = 0;
-            return total;
-        }
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            *err = -errno;
-            return total;
-        }
-        cr_assert_lt(th_now(), deadline, "no EOF after %zu bytes", total);
-        int rc = em_run_once(loop, 5);
-        cr_assert_geq(rc, 0, "em_run_once: %s", em_strerror(rc));
     }
 }
 
@@ -241,7 +162,7 @@ Test(data, random_writes_arrive_intact_with_other_boundaries,
      .timeout = TH_TIMEOUT(30), .init = echo_setup, .fini = echo_teardown)
 {
     em_loop *loop = th_loop();
-    em_server *srv = start_server(loop, &echo_handler, NULL);
+    em_server *srv = th_start_server(loop, &echo_handler, NULL);
     int fd = th_client_connect(th_listen_port(srv));
 
     uint8_t *src = malloc(ECHO_TOTAL), *back = malloc(ECHO_TOTAL);
@@ -302,12 +223,10 @@ Test(data, random_writes_arrive_intact_with_other_boundaries,
     cr_assert_eq(E.unbinds, 1);
     cr_assert_eq(E.reason, 0, "unbind reason %s", em_err_name(E.reason));
     cr_assert_eq(E.conns, 1);
-    cr_assert_eq(em_stop_server(srv), 0);
-    cr_assert_eq(em_connection_count(loop), 0);
     free(src);
     free(back);
     free(writes);
-    th_free_loop(loop);
+    th_stop_and_free(loop, srv);
 }
 
 /* ---- em on both ends ------------------------------------------------- */
@@ -389,7 +308,7 @@ Test(data, em_client_to_em_server_both_directions_intact,
      .timeout = TH_TIMEOUT(30), .init = echo_setup, .fini = echo_teardown)
 {
     em_loop *loop = th_loop();
-    em_server *srv = start_server(loop, &echo_handler, NULL);
+    em_server *srv = th_start_server(loop, &echo_handler, NULL);
 
     uint8_t *src = malloc(ECHO_TOTAL);
     memset(&C, 0, sizeof C);
@@ -426,12 +345,10 @@ Test(data, em_client_to_em_server_both_directions_intact,
     cr_assert_eq(C.reason, 0, "client unbind %s", em_err_name(C.reason));
     cr_assert_eq(E.unbinds, 1);
     cr_assert_eq(E.reason, 0, "server unbind %s", em_err_name(E.reason));
-    cr_assert_eq(em_stop_server(srv), 0);
-    cr_assert_eq(em_connection_count(loop), 0);
     free(src);
     free(C.back);
     free(C.writes);
-    th_free_loop(loop);
+    th_stop_and_free(loop, srv);
 }
 
 /* ---- 64 MiB, close after writing, slow reader ------------------------ */
@@ -451,11 +368,11 @@ static void big_post_init(em_conn *conn, void *arg)
     cr_assert_not_null(buf);
     /* The first half in 1 MiB pieces, the second half in one call. */
     for (unsigned i = 0; i < 32; i++) {
-        pat_fill(buf, (uint64_t)i * MiB, MiB);
+        th_pat_fill(buf, (uint64_t)i * MiB, MiB);
         int rc = em_send_data(conn, buf, MiB);
         cr_assert_eq(rc, 0, "em_send_data piece %u: %s", i, em_strerror(rc));
     }
-    pat_fill(buf, 32u * MiB, 32 * MiB);
+    th_pat_fill(buf, 32u * MiB, 32 * MiB);
     int rc = em_send_data(conn, buf, 32 * MiB);
     cr_assert_eq(rc, 0, "em_send_data 32 MiB: %s", em_strerror(rc));
     free(buf);
@@ -505,7 +422,7 @@ static void *slow_reader_main(void *p)
             break;
         }
         if (r->bad_at < 0) {
-            long bad = pat_check(buf, r->total, (size_t)n);
+            long bad = th_pat_check(buf, r->total, (size_t)n);
             if (bad >= 0)
                 r->bad_at = (long)r->total + bad;
         }
@@ -524,7 +441,7 @@ Test(data, sixty_four_mib_then_close_after_writing_reaches_slow_reader,
 {
     memset(&B, 0, sizeof B);
     em_loop *loop = th_loop();
-    em_server *srv = start_server(loop, &big_handler, NULL);
+    em_server *srv = th_start_server(loop, &big_handler, NULL);
     struct slow_reader r = {.fd = th_client_connect(th_listen_port(srv))};
     pthread_t tid;
     cr_assert_eq(pthread_create(&tid, NULL, slow_reader_main, &r), 0);
@@ -544,9 +461,7 @@ Test(data, sixty_four_mib_then_close_after_writing_reaches_slow_reader,
     cr_assert_eq(B.unbinds, 1);
     cr_assert_eq(B.reason, 0, "unbind %s", em_err_name(B.reason));
     close(r.fd);
-    cr_assert_eq(em_stop_server(srv), 0);
-    cr_assert_eq(em_connection_count(loop), 0);
-    th_free_loop(loop);
+    th_stop_and_free(loop, srv);
 }
 
 /* ---- 1,000 concurrent clients ----------------------------------------- */
@@ -675,11 +590,11 @@ static int all_unbound(void)
 
 Test(data, thousand_concurrent_clients_all_answered, .timeout = TH_TIMEOUT(60))
 {
-    raise_nofile(2 * NCLIENTS + 64);
+    th_raise_nofile(2 * NCLIENTS + 64);
     memset(&M, 0, sizeof M);
     em_loop *loop = th_loop();
     M.loop = loop;
-    em_server *srv = start_server(loop, &many_server, NULL);
+    em_server *srv = th_start_server(loop, &many_server, NULL);
     int rc;
     int port = th_listen_port(srv);
     for (int i = 0; i < NCLIENTS; i++) {
@@ -708,9 +623,7 @@ Test(data, thousand_concurrent_clients_all_answered, .timeout = TH_TIMEOUT(60))
                  em_err_name(M.server_bad_reason));
     cr_assert_eq(M.client_bad_reason, 0, "client unbind %s",
                  em_err_name(M.client_bad_reason));
-    cr_assert_eq(em_connection_count(loop), 0);
-    cr_assert_eq(em_stop_server(srv), 0);
-    th_free_loop(loop);
+    th_stop_and_free(loop, srv);
 }
 
 /* ---- a server whose test drives it from outside ----------------------- */
@@ -770,9 +683,8 @@ static const em_handler s_handler = {
 /* Starts the server, connects a blocking client, runs until accepted. */
 static em_server *s_start(em_loop *loop, int *client_fd)
 {
-    em_server *srv = start_server(loop, &s_handler, NULL);
-    *client_fd = th_client_connect(th_listen_port(srv));
-    th_run_until(loop, &S.accepted, 5);
+    em_server *srv = th_start_server(loop, &s_handler, NULL);
+    *client_fd = th_connect_accepted(loop, th_listen_port(srv), &S.accepted);
     cr_assert_not_null(S.conn);
     return srv;
 }
@@ -782,9 +694,7 @@ static void s_finish(em_loop *loop, em_server *srv)
     cr_assert_eq(S.unbinds, 1, "unbind ran %d times", S.unbinds);
     cr_assert_eq(S.unbind_send, -ENOTCONN, "send inside unbind: %s",
                  em_err_name(S.unbind_send));
-    cr_assert_eq(em_stop_server(srv), 0);
-    cr_assert_eq(em_connection_count(loop), 0);
-    th_free_loop(loop);
+    th_stop_and_free(loop, srv);
 }
 
 /* Sends pattern bytes [*offset, *offset + len) in 64 KiB calls. */
@@ -793,7 +703,7 @@ static void send_pattern(em_conn *conn, size_t *offset, size_t len)
     static uint8_t piece[64 * KiB];
     while (len > 0) {
         size_t n = len < sizeof piece ? len : sizeof piece;
-        pat_fill(piece, *offset, n);
+        th_pat_fill(piece, *offset, n);
         int rc = em_send_data(conn, piece, n);
         cr_assert_eq(rc, 0, "em_send_data: %s", em_strerror(rc));
         *offset += n;
@@ -825,7 +735,7 @@ Test(data, send_data_copies_the_callers_buffer, .timeout = TH_TIMEOUT(20))
     size_t len = 100 * KiB;
     uint8_t *buf = malloc(len);
     cr_assert_not_null(buf);
-    pat_fill(buf, offset, len);
+    th_pat_fill(buf, offset, len);
     cr_assert_eq(em_send_data(S.conn, buf, len), 0);
     cr_assert_eq(em_get_outbound_data_size(S.conn), before + len,
                  "the queue did not grow by the whole send");
@@ -835,7 +745,7 @@ Test(data, send_data_copies_the_callers_buffer, .timeout = TH_TIMEOUT(20))
     cr_assert_eq(em_close_connection(S.conn, 1), 0);
 
     int err;
-    size_t got = pump_pattern_to_eof(loop, fd, offset, &err, 15);
+    size_t got = th_pump_pattern_eof(loop, fd, 0, offset, &err, 15);
     cr_assert_eq(err, 0, "client: %s", em_err_name(err));
     cr_assert_eq(got, offset, "client got %zu of %zu bytes", got, offset);
     th_run_until(loop, &S.unbinds, 5);
@@ -878,8 +788,7 @@ Test(data, send_data_error_codes, .timeout = TH_TIMEOUT(20))
     /* Immediate close: -ENOTCONN from then on. */
     S.accepted = 0;
     S.unbinds = 0;
-    fd = th_client_connect(th_listen_port(srv));
-    th_run_until(loop, &S.accepted, 5);
+    fd = th_connect_accepted(loop, th_listen_port(srv), &S.accepted);
     conn = S.conn;
     cr_assert_eq(em_close_connection(conn, 0), 0);
     cr_assert_eq(em_send_data(conn, "e", 1), -ENOTCONN);
@@ -918,7 +827,7 @@ Test(data, immediate_close_drops_queued_data, .timeout = TH_TIMEOUT(20))
     cr_assert_eq(S.reason, 0);
 
     int err;
-    size_t got = pump_pattern_to_eof(loop, fd, offset, &err, 10);
+    size_t got = th_pump_pattern_eof(loop, fd, 0, offset, &err, 10);
     cr_assert(err == 0 || err == -ECONNRESET, "client: %s", em_err_name(err));
     cr_assert_lt(got, offset, "all %zu bytes arrived despite the close", got);
     cr_assert_geq(queued_at_close, 4 * MiB, "the queue drained meanwhile");
@@ -955,7 +864,7 @@ Test(data, immediate_close_upgrades_close_after_writing,
     cr_assert_eq(S.reason, 0);
 
     int err;
-    size_t got = pump_pattern_to_eof(loop, fd, offset, &err, 10);
+    size_t got = th_pump_pattern_eof(loop, fd, 0, offset, &err, 10);
     cr_assert(err == 0 || err == -ECONNRESET, "client: %s", em_err_name(err));
     cr_assert_lt(got, offset, "the queue was flushed, not dropped");
     close(fd);
@@ -997,7 +906,7 @@ Test(data, outbound_size_and_drained_track_the_queue, .timeout = TH_TIMEOUT(30))
                          em_get_outbound_data_size(conn));
             ssize_t n = recv(fd, buf, 256 * KiB, MSG_DONTWAIT);
             if (n > 0) {
-                cr_assert_eq(pat_check(buf, got, (size_t)n), -1);
+                cr_assert_eq(th_pat_check(buf, got, (size_t)n), -1);
                 got += (size_t)n;
             }
             cr_assert_geq(em_run_once(loop, 1), 0);
@@ -1027,7 +936,7 @@ Test(data, outbound_size_and_drained_track_the_queue, .timeout = TH_TIMEOUT(30))
         size_t want = offset - got < 256 * KiB ? offset - got : 256 * KiB;
         ssize_t n = recv(fd, buf, want, MSG_DONTWAIT);
         if (n > 0) {
-            cr_assert_eq(pat_check(buf, got, (size_t)n), -1);
+            cr_assert_eq(th_pat_check(buf, got, (size_t)n), -1);
             got += (size_t)n;
         } else {
             cr_assert_geq(em_run_once(loop, 1), 0);
@@ -1071,7 +980,7 @@ Test(data, close_write_half_closes_after_the_queue, .timeout = TH_TIMEOUT(20))
     cr_assert_eq(em_close_write(NULL), -EINVAL);
 
     int err;
-    size_t got = pump_pattern_to_eof(loop, fd, half_close_total, &err, 10);
+    size_t got = th_pump_pattern_eof(loop, fd, 0, half_close_total, &err, 10);
     cr_assert_eq(err, 0, "client: %s", em_err_name(err));
     cr_assert_eq(got, half_close_total, "EOF after %zu of %zu bytes", got,
                  half_close_total);
@@ -1081,11 +990,7 @@ Test(data, close_write_half_closes_after_the_queue, .timeout = TH_TIMEOUT(20))
     cr_assert_eq(S.unbinds, 0, "half-closed connection was closed");
     static const char msg[] = "still talking";
     th_send_all(fd, msg, sizeof msg - 1);
-    double deadline = th_now() + TH_TIMEOUT(5);
-    while (S.in_len < sizeof msg - 1) {
-        cr_assert_lt(th_now(), deadline, "server got %zu bytes", S.in_len);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
+    th_run_until_size(loop, &S.in_len, sizeof msg - 1, 5);
     cr_assert(memcmp(S.in, msg, sizeof msg - 1) == 0);
     cr_assert_eq(S.unbinds, 0);
 
@@ -1126,7 +1031,7 @@ Test(data, peer_eof_with_queued_data_finishes_sending,
     cr_assert_gt(answer_queued, 0, "the answer was not queued");
 
     int err;
-    size_t got = pump_pattern_to_eof(loop, fd, 4 * MiB, &err, 10);
+    size_t got = th_pump_pattern_eof(loop, fd, 0, 4 * MiB, &err, 10);
     cr_assert_eq(err, 0, "client: %s", em_err_name(err));
     cr_assert_eq(got, 4 * MiB, "EOF after %zu bytes", got);
     th_run_until(loop, &S.unbinds, 5);

@@ -102,75 +102,6 @@ static double cpu_of_turns(em_loop *loop, int *turns)
     return cpu_seconds() - cpu0;
 }
 
-static void run_until_count(em_loop *loop, const int *counter, int n,
-                            double max_seconds)
-{
-    double deadline = th_now() + TH_TIMEOUT(max_seconds);
-    while (*(const volatile int *)counter < n) {
-        cr_assert_lt(th_now(), deadline, "count %d of %d after %.1f s",
-                     *counter, n, max_seconds);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
-}
-
-/* ---- the echo server ------------------------------------------------- */
-
-struct srv {
-    int accepted;
-    int unbinds;
-    int bad_reasons;
-};
-
-static void srv_post_init(em_conn *conn, void *arg)
-{
-    (void)conn;
-    struct srv *s = arg;
-    s->accepted++;
-}
-
-static void srv_echo(em_conn *conn, const char *data, size_t len)
-{
-    em_send_data(conn, data, len);
-}
-
-static void srv_unbind(em_conn *conn, int reason)
-{
-    struct srv *s = em_conn_arg(conn);
-    s->unbinds++;
-    if (reason != 0)
-        s->bad_reasons++;
-}
-
-static const em_handler echo_handler = {
-    .post_init = srv_post_init,
-    .receive_data = srv_echo,
-    .unbind = srv_unbind,
-};
-
-static void expect_echo(em_loop *loop, int fd, const char *msg)
-{
-    char buf[64];
-    size_t len = strlen(msg);
-    th_send_all(fd, msg, len);
-    cr_assert_eq(th_pump_recv(loop, fd, buf, len, 5.0), len);
-    cr_assert_eq(memcmp(buf, msg, len), 0);
-}
-
-/* An outbound connect while starved fails (next turn, in unbind). */
-struct cli {
-    int unbinds;
-    int reason;
-};
-
-static void cli_unbind(em_conn *conn, int reason)
-{
-    struct cli *c = em_conn_arg(conn);
-    c->unbinds++;
-    c->reason = reason;
-}
-
-static const em_handler client_handler = {.unbind = cli_unbind};
-
 /* ---- tests ----------------------------------------------------------- */
 
 #define WAITING 4
@@ -188,16 +119,12 @@ Test(emfile, server_backs_off_and_recovers, .timeout = TH_TIMEOUT(20))
 {
     skip_under_valgrind();
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
 
     /* One connection established before the starvation... */
-    int early = th_client_connect(port);
-    th_run_until(loop, &s.accepted, 5.0);
+    int early = th_connect_accepted(loop, port, &s.accepted);
     /* ...and WAITING clients queued in the backlog, not yet accepted. */
     int waiting[WAITING];
     for (int i = 0; i < WAITING; i++)
@@ -216,29 +143,29 @@ Test(emfile, server_backs_off_and_recovers, .timeout = TH_TIMEOUT(20))
                  WINDOW);
 
     /* Established connections are still served... */
-    expect_echo(loop, early, "still served");
+    th_expect_echo(loop, early, "still served");
     /* ...and a connect that cannot get a socket fails in unbind. */
-    struct cli c = {0};
-    cr_assert_eq(em_connect(loop, "127.0.0.1", port, &client_handler, &c, NULL),
-                 0);
+    th_client c = {0};
+    cr_assert_eq(
+        em_connect(loop, "127.0.0.1", port, &th_client_handler, &c, NULL), 0);
     cr_assert_eq(c.unbinds, 0, "unbind inside em_connect");
     th_run_until(loop, &c.unbinds, 5.0);
     cr_assert_eq(c.reason, -EMFILE, "reason %s", em_err_name(c.reason));
 
     feed(&st);
     double t0 = th_now();
-    run_until_count(loop, &s.accepted, 1 + WAITING, 5.0);
+    th_run_until_count(loop, &s.accepted, 1 + WAITING, 5.0);
     cr_assert_lt(th_now() - t0, TH_TIMEOUT(2.0), "slow to resume accepting");
     for (int i = 0; i < WAITING; i++) {
         char msg[32];
         snprintf(msg, sizeof msg, "waiting client %d", i);
-        expect_echo(loop, waiting[i], msg);
+        th_expect_echo(loop, waiting[i], msg);
     }
 
     close(early);
     for (int i = 0; i < WAITING; i++)
         close(waiting[i]);
-    run_until_count(loop, &s.unbinds, 1 + WAITING, 5.0);
+    th_run_until_count(loop, &s.unbinds, 1 + WAITING, 5.0);
     cr_assert_eq(s.bad_reasons, 0);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
@@ -289,11 +216,8 @@ Test(emfile, clients_connecting_during_starvation_are_served,
 {
     skip_under_valgrind();
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
 
     pid_t child = fork();
@@ -313,8 +237,8 @@ Test(emfile, clients_connecting_during_starvation_are_served,
     cr_assert_lt(turns, 2 * MAX_TURNS, "the loop spun: %d turns", turns);
 
     feed(&st);
-    run_until_count(loop, &s.accepted, CHILD_CLIENTS, 5.0);
-    run_until_count(loop, &s.unbinds, CHILD_CLIENTS, 10.0);
+    th_run_until_count(loop, &s.accepted, CHILD_CLIENTS, 5.0);
+    th_run_until_count(loop, &s.unbinds, CHILD_CLIENTS, 10.0);
 
     int status = -1;
     double deadline = th_now() + TH_TIMEOUT(10.0);
@@ -339,11 +263,8 @@ Test(emfile, clients_connecting_during_starvation_are_served,
 Test(emfile, stop_server_while_backed_off, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
     int waiting = th_client_connect(port);
 
@@ -362,7 +283,7 @@ Test(emfile, stop_server_while_backed_off, .timeout = TH_TIMEOUT(10))
               "queued client not dropped with the listener: %zd", n);
     close(waiting);
     /* The port can be listened on again at once. */
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &echo_handler, &s,
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &th_echo_handler, &s,
                                  NULL, &server),
                  0);
     cr_assert_eq(em_stop_server(server), 0);

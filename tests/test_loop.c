@@ -6,7 +6,6 @@
  * with live handles, NULL arguments and re-entry.
  */
 #include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -14,34 +13,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 
 #include "em.h"
 #include "helpers.h"
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000,
-                          .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-/* Runs turns until *counter reaches n (bounded). */
-static void run_until_count(em_loop *loop, const int *counter, int n,
-                            double max_seconds)
-{
-    double deadline = th_now() + TH_TIMEOUT(max_seconds);
-    while (*(const volatile int *)counter < n) {
-        cr_assert_lt(th_now(), deadline, "count %d of %d after %.1f s",
-                     *counter, n, max_seconds);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
-}
 
 static void stop_cb(em_loop *loop, void *arg)
 {
@@ -91,7 +68,7 @@ Test(loop, loop_runs_again_after_em_run_returned, .timeout = TH_TIMEOUT(10))
 
 static void *stop_later_thread(void *arg)
 {
-    sleep_ms(100);
+    th_sleep_ms(100);
     cr_assert_eq(em_stop(arg), 0);
     return NULL;
 }
@@ -156,7 +133,7 @@ struct kill_arg {
 static void *kill_later_thread(void *arg)
 {
     struct kill_arg *k = arg;
-    sleep_ms(100);
+    th_sleep_ms(100);
     k->rc = pthread_kill(k->target, SIGUSR1);
     return NULL;
 }
@@ -256,28 +233,12 @@ static const em_handler stop_client_handler = {
     .unbind = stop_cli_unbind,
 };
 
-static int raw_connect_errno(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET,
-                              .sin_port = htons((uint16_t)port),
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int rc = connect(fd, (struct sockaddr *)&sin, sizeof sin);
-    int err = rc < 0 ? errno : 0;
-    close(fd);
-    return err;
-}
-
 Test(loop, stop_unbinds_both_sides_of_every_connection,
      .timeout = TH_TIMEOUT(15))
 {
     em_loop *loop = th_loop();
     struct stop_world w = {.loop = loop};
-    em_server *server = NULL;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &stop_server_handler, &w,
-                                 NULL, &server),
-                 0);
+    em_server *server = th_start_server(loop, &stop_server_handler, &w);
     int port = th_listen_port(server);
     for (int i = 0; i < STOP_CLIENTS; i++)
         cr_assert_eq(
@@ -298,7 +259,7 @@ Test(loop, stop_unbinds_both_sides_of_every_connection,
     cr_assert_eq(w.server_in_unbind_rc, -ECANCELED);
     cr_assert_eq(em_connection_count(loop), 0);
     /* em_run closed the listener too. */
-    cr_assert_eq(raw_connect_errno(port), ECONNREFUSED);
+    cr_assert_eq(th_connect_errno(port), ECONNREFUSED);
     th_free_loop(loop);
 }
 
@@ -434,10 +395,7 @@ Test(loop, requeuing_tick_does_not_starve_polling, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     struct starve s = {.keep_going = 1};
-    em_server *server = NULL;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &starve_handler, &s,
-                                 NULL, &server),
-                 0);
+    em_server *server = th_start_server(loop, &starve_handler, &s);
     cr_assert_eq(em_next_tick(loop, requeue_tick, &s), 0);
 
     /* One turn runs the tick once, not forever. */
@@ -510,7 +468,7 @@ static void *producer_main(void *arg)
 static void *controller_main(void *arg)
 {
     struct sched_world *w = arg;
-    sleep_ms(50); /* let em_run block first */
+    th_sleep_ms(50); /* let em_run block first */
     struct producer p[2] = {{w, 0}, {w, SCHED_PER_THREAD}};
     pthread_t threads[2];
     for (int i = 0; i < 2; i++)
@@ -586,8 +544,8 @@ static void *wake_thread(void *arg)
     struct wake_world *w = arg;
     double limit = th_now() + TH_TIMEOUT(5.0);
     while (!atomic_load(&w->in_poll) && th_now() < limit)
-        sleep_ms(1);
-    sleep_ms(50); /* well inside the blocking epoll_wait now */
+        th_sleep_ms(1);
+    th_sleep_ms(50); /* well inside the blocking epoll_wait now */
     w->scheduled_at = th_now();
     em_schedule(w->loop, wake_task, w);
     return NULL;
@@ -676,12 +634,9 @@ Test(loop, scheduled_task_closing_a_watcher_later_in_the_batch,
 {
     em_loop *loop = th_loop();
     struct batch_world w = {.loop = loop};
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &batch_handler, &w, NULL,
-                                 &batch_server),
-                 0);
+    batch_server = th_start_server(loop, &batch_handler, &w);
     int port = th_listen_port(batch_server);
-    int fd = th_client_connect(port);
-    th_run_until(loop, &w.accepted, 5.0);
+    int fd = th_connect_accepted(loop, port, &w.accepted);
 
     /* Wakeup first, then the connection's data: one batch, in that order. */
     cr_assert_eq(em_schedule(loop, close_task, &w), 0);
@@ -713,7 +668,7 @@ Test(loop, cached_time_advances_per_turn_and_on_update,
     double t0 = em_now(loop);
     cr_assert_lt(t0 > th_now() ? t0 - th_now() : th_now() - t0, 0.5,
                  "em_now is not CLOCK_MONOTONIC seconds");
-    sleep_ms(30);
+    th_sleep_ms(30);
     cr_assert_eq(em_now(loop), t0, "em_now changed without a turn");
 
     cr_assert_eq(em_run_once(loop, 0), 0);
@@ -723,7 +678,7 @@ Test(loop, cached_time_advances_per_turn_and_on_update,
     cr_assert_leq(ms, (uint64_t)(t1 * 1000.0) + 1);
     cr_assert_geq(ms + 1, (uint64_t)(t1 * 1000.0));
 
-    sleep_ms(20);
+    th_sleep_ms(20);
     double u = em_update_time(loop);
     cr_assert_geq(u - t1, 0.019);
     cr_assert_eq(em_now(loop), u);
@@ -733,20 +688,20 @@ Test(loop, cached_time_advances_per_turn_and_on_update,
 
 /* ---- connection count ------------------------------------------------ */
 
+/* One handler for both ends: accepted connections, outbound completions
+ * and every unbind (with the first reasons) are counted. */
 struct count_world {
     int accepted;
     int completed;
     int unbinds;
-    em_conn *accepted_conn;
+    int reasons[4];
 };
 
 static void count_post_init(em_conn *conn, void *arg)
 {
     struct count_world *w = arg;
-    if (!em_is_connecting(conn)) {
+    if (!em_is_connecting(conn))
         w->accepted++;
-        w->accepted_conn = conn;
-    }
 }
 
 static void count_completed(em_conn *conn)
@@ -757,8 +712,9 @@ static void count_completed(em_conn *conn)
 
 static void count_unbind(em_conn *conn, int reason)
 {
-    (void)reason;
     struct count_world *w = em_conn_arg(conn);
+    if (w->unbinds < 4)
+        w->reasons[w->unbinds] = reason;
     w->unbinds++;
 }
 
@@ -772,11 +728,8 @@ Test(loop, connection_count_follows_connections, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     struct count_world w = {0};
-    em_server *server = NULL;
     cr_assert_eq(em_connection_count(loop), 0);
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &count_handler, &w, NULL,
-                                 &server),
-                 0);
+    em_server *server = th_start_server(loop, &count_handler, &w);
     cr_assert_eq(em_connection_count(loop), 0, "a server is no connection");
 
     em_conn *client = NULL;
@@ -790,7 +743,7 @@ Test(loop, connection_count_follows_connections, .timeout = TH_TIMEOUT(10))
 
     cr_assert_eq(em_close_connection(client, 0), 0);
     cr_assert_eq(em_connection_count(loop), 2, "closing is not gone yet");
-    run_until_count(loop, &w.unbinds, 2, 5.0);
+    th_run_until_count(loop, &w.unbinds, 2, 5.0);
     cr_assert_eq(em_connection_count(loop), 0);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
@@ -898,50 +851,19 @@ Test(loop, backend_fd_becomes_readable_when_work_arrives,
 
 /* ---- em_loop_free with live handles ---------------------------------- */
 
-struct leak_world {
-    int accepted;
-    int completed;
-    int unbinds;
-    int reasons[4];
-};
-
-static void leak_post_init(em_conn *conn, void *arg)
-{
-    struct leak_world *w = arg;
-    if (!em_is_connecting(conn))
-        w->accepted++;
-}
-
-static void leak_completed(em_conn *conn)
-{
-    struct leak_world *w = em_conn_arg(conn);
-    w->completed++;
-}
-
-static void leak_unbind(em_conn *conn, int reason)
-{
-    struct leak_world *w = em_conn_arg(conn);
-    if (w->unbinds < 4)
-        w->reasons[w->unbinds] = reason;
-    w->unbinds++;
-}
-
 static const em_handler leak_handler = {
     .state_size = 256, /* heap memory ASan would report if leaked */
-    .post_init = leak_post_init,
-    .connection_completed = leak_completed,
-    .unbind = leak_unbind,
+    .post_init = count_post_init,
+    .connection_completed = count_completed,
+    .unbind = count_unbind,
 };
 
 Test(loop, free_with_live_handles_returns_ebusy_and_unbinds,
      .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct leak_world w = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &leak_handler, &w, NULL, &server),
-        0);
+    struct count_world w = {0};
+    em_server *server = th_start_server(loop, &leak_handler, &w);
     cr_assert_eq(em_connect(loop, "127.0.0.1", th_listen_port(server),
                             &leak_handler, &w, NULL),
                  0);
@@ -965,12 +887,9 @@ Test(loop, free_with_only_a_server_or_a_connect_returns_ebusy,
     cr_assert_eq(em_loop_free(loop), -EBUSY);
 
     /* A connect still in progress is abandoned: -ECANCELED. */
-    struct leak_world w = {0};
+    struct count_world w = {0};
     loop = th_loop();
-    em_server *server = NULL;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &null_handler, NULL,
-                                 NULL, &server),
-                 0);
+    em_server *server = th_start_server(loop, &null_handler, NULL);
     int port = th_listen_port(server);
     cr_assert_eq(em_stop_server(server), 0);
     cr_assert_eq(em_connect(loop, "127.0.0.1", port, &leak_handler, &w, NULL),

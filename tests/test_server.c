@@ -5,7 +5,6 @@
  * arguments, the backlog and reuseport options, accepted connections
  * outliving their server, the arg and the zeroed per-connection state.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -23,51 +22,12 @@
 
 /* ---- shared helpers -------------------------------------------------- */
 
-static int count_open_fds(void)
-{
-    DIR *dir = opendir("/proc/self/fd");
-    cr_assert_not_null(dir, "opendir /proc/self/fd: %s", strerror(errno));
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(dir);
-    return n;
-}
-
-static void run_until_count(em_loop *loop, const int *counter, int n,
-                            double max_seconds)
-{
-    double deadline = th_now() + TH_TIMEOUT(max_seconds);
-    while (*(const volatile int *)counter < n) {
-        cr_assert_lt(th_now(), deadline, "count %d of %d after %.1f s",
-                     *counter, n, max_seconds);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
-}
-
-/* Non-blocking connect to 127.0.0.1:port; returns the errno (0 = ok). */
-static int raw_connect_errno(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET,
-                              .sin_port = htons((uint16_t)port),
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int rc = connect(fd, (struct sockaddr *)&sin, sizeof sin);
-    int err = rc < 0 ? errno : 0;
-    close(fd);
-    return err;
-}
-
-/* Every server here records into one of these (its arg). */
+/* Most servers here are plain echo servers (th_echo_handler with a
+ * th_echo); srv_handler also records the arg post_init gets and can stop a
+ * server from post_init. */
 struct srv {
+    th_echo echo; /* first: the th_echo callbacks share the arg */
     em_loop *loop;
-    int accepted;
-    int unbinds;
-    int received;
-    int last_reason;
     void *post_init_arg;
     int bad_arg;
     em_server *stop_in_post_init;
@@ -80,64 +40,26 @@ static void srv_post_init(em_conn *conn, void *arg)
     s->post_init_arg = arg;
     if (em_conn_arg(conn) != arg || em_conn_loop(conn) != s->loop)
         s->bad_arg++;
-    s->accepted++;
+    th_echo_post_init(conn, arg);
     if (s->stop_in_post_init) {
         s->stop_rc = em_stop_server(s->stop_in_post_init);
         s->stop_in_post_init = NULL;
     }
 }
 
-static void srv_echo(em_conn *conn, const char *data, size_t len)
-{
-    struct srv *s = em_conn_arg(conn);
-    s->received += (int)len;
-    cr_assert_eq(em_send_data(conn, data, len), 0);
-}
-
-static void srv_unbind(em_conn *conn, int reason)
-{
-    struct srv *s = em_conn_arg(conn);
-    s->unbinds++;
-    s->last_reason = reason;
-}
-
-static const em_handler echo_handler = {
+static const em_handler srv_handler = {
     .post_init = srv_post_init,
-    .receive_data = srv_echo,
-    .unbind = srv_unbind,
+    .receive_data = th_echo_receive,
+    .unbind = th_echo_unbind,
 };
-
-/* Sends msg on fd and expects it back through the loop's echo. */
-static void expect_echo(em_loop *loop, int fd, const char *msg)
-{
-    char buf[128];
-    size_t len = strlen(msg);
-    cr_assert_lt(len, sizeof buf);
-    th_send_all(fd, msg, len);
-    size_t got = th_pump_recv(loop, fd, buf, len, 5.0);
-    cr_assert_eq(got, len, "echo cut short: %zu of %zu bytes", got, len);
-    cr_assert_eq(memcmp(buf, msg, len), 0, "echo mangled");
-}
-
-/* Closes the client sockets and waits for the server side to unbind. */
-static void close_clients(em_loop *loop, struct srv *s, int *fds, int n)
-{
-    int target = s->unbinds + n;
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
-    run_until_count(loop, &s->unbinds, target, 5.0);
-}
 
 /* ---- port 0, sockname ------------------------------------------------ */
 
 Test(server, port_zero_gives_a_real_port, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
 
     struct sockaddr_storage ss;
@@ -157,9 +79,9 @@ Test(server, port_zero_gives_a_real_port, .timeout = TH_TIMEOUT(10))
     cr_assert_eq(small.sa_family, AF_INET);
 
     int fd = th_client_connect(port);
-    expect_echo(loop, fd, "port zero");
+    th_expect_echo(loop, fd, "port zero");
     cr_assert_eq(s.accepted, 1);
-    close_clients(loop, &s, &fd, 1);
+    th_close_clients(loop, &s, &fd, 1);
     cr_assert_eq(s.last_reason, 0);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
@@ -168,18 +90,18 @@ Test(server, port_zero_gives_a_real_port, .timeout = TH_TIMEOUT(10))
 Test(server, null_host_listens_on_all_ipv4_addresses, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
+    th_echo s = {0};
     em_server *server = NULL;
     cr_assert_eq(
-        em_start_server(loop, NULL, 0, &echo_handler, &s, NULL, &server), 0);
+        em_start_server(loop, NULL, 0, &th_echo_handler, &s, NULL, &server), 0);
     struct sockaddr_in sin;
     socklen_t len = sizeof sin;
     cr_assert_eq(em_server_sockname(server, (struct sockaddr *)&sin, &len), 0);
     cr_assert_eq(sin.sin_family, AF_INET);
     cr_assert_eq(sin.sin_addr.s_addr, htonl(INADDR_ANY));
     int fd = th_client_connect(th_listen_port(server));
-    expect_echo(loop, fd, "any");
-    close_clients(loop, &s, &fd, 1);
+    th_expect_echo(loop, fd, "any");
+    th_close_clients(loop, &s, &fd, 1);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
 }
@@ -190,29 +112,26 @@ Test(server, same_port_twice_is_eaddrinuse_and_leaks_nothing,
      .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
-    em_server *first = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &first),
-        0);
+    th_echo s = {0};
+    em_server *first = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(first);
 
-    int before = count_open_fds();
+    int before = th_count_fds();
     em_server *second = (em_server *)&s; /* must be reset to NULL */
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &echo_handler, &s,
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &th_echo_handler, &s,
                                  NULL, &second),
                  -EADDRINUSE);
     cr_assert_null(second);
     /* 0.0.0.0 overlaps 127.0.0.1 on the same port, too. */
     cr_assert_eq(
-        em_start_server(loop, NULL, port, &echo_handler, &s, NULL, NULL),
+        em_start_server(loop, NULL, port, &th_echo_handler, &s, NULL, NULL),
         -EADDRINUSE);
-    cr_assert_eq(count_open_fds(), before, "a failed start left a socket");
+    cr_assert_eq(th_count_fds(), before, "a failed start left a socket");
 
     /* The first server is unharmed. */
     int fd = th_client_connect(port);
-    expect_echo(loop, fd, "still here");
-    close_clients(loop, &s, &fd, 1);
+    th_expect_echo(loop, fd, "still here");
+    th_close_clients(loop, &s, &fd, 1);
     cr_assert_eq(em_stop_server(first), 0);
     th_free_loop(loop);
 }
@@ -240,20 +159,19 @@ Test(server, privileged_port_is_eacces_when_unprivileged,
     cr_assert_neq(geteuid(), 0);
 
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
-    int before = count_open_fds();
+    th_echo s = {0};
+    int before = th_count_fds();
     em_server *server = (em_server *)&s;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 80, &echo_handler, &s, NULL,
-                                 &server),
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", 80, &th_echo_handler, &s,
+                                 NULL, &server),
                  -EACCES);
     cr_assert_null(server);
-    cr_assert_eq(em_start_server(loop, NULL, 80, &echo_handler, &s, NULL, NULL),
-                 -EACCES);
-    cr_assert_eq(count_open_fds(), before);
-    /* Unprivileged ports still work. */
     cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+        em_start_server(loop, NULL, 80, &th_echo_handler, &s, NULL, NULL),
+        -EACCES);
+    cr_assert_eq(th_count_fds(), before);
+    /* Unprivileged ports still work. */
+    server = th_start_server(loop, &th_echo_handler, &s);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
 }
@@ -261,33 +179,33 @@ Test(server, privileged_port_is_eacces_when_unprivileged,
 Test(server, bad_arguments_are_rejected, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
-    int before = count_open_fds();
+    th_echo s = {0};
+    int before = th_count_fds();
     em_server *out = (em_server *)&s;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 70000, &echo_handler, &s,
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", 70000, &th_echo_handler, &s,
                                  NULL, &out),
                  -EINVAL);
     cr_assert_null(out);
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", -1, &echo_handler, &s, NULL, NULL),
-        -EINVAL);
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", -1, &th_echo_handler, &s,
+                                 NULL, NULL),
+                 -EINVAL);
     cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, NULL, &s, NULL, NULL),
                  -EINVAL);
     cr_assert_eq(
-        em_start_server(NULL, "127.0.0.1", 0, &echo_handler, &s, NULL, NULL),
+        em_start_server(NULL, "127.0.0.1", 0, &th_echo_handler, &s, NULL, NULL),
         -EINVAL);
     em_server_opts bad_backlog = {.backlog = -1};
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s,
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &th_echo_handler, &s,
                                  &bad_backlog, NULL),
                  -EINVAL);
-    cr_assert_eq(em_start_server(loop, "no-such-host.invalid", 0, &echo_handler,
-                                 &s, NULL, NULL),
+    cr_assert_eq(em_start_server(loop, "no-such-host.invalid", 0,
+                                 &th_echo_handler, &s, NULL, NULL),
                  -ENOENT);
     /* Not one of our addresses. */
     cr_assert_eq(
-        em_start_server(loop, "192.0.2.1", 0, &echo_handler, &s, NULL, NULL),
+        em_start_server(loop, "192.0.2.1", 0, &th_echo_handler, &s, NULL, NULL),
         -EADDRNOTAVAIL);
-    cr_assert_eq(count_open_fds(), before);
+    cr_assert_eq(th_count_fds(), before);
 
     cr_assert_eq(em_stop_server(NULL), -EINVAL);
     cr_assert_eq(em_server_port(NULL), -EINVAL);
@@ -303,27 +221,24 @@ Test(server, bad_arguments_are_rejected, .timeout = TH_TIMEOUT(10))
 Test(server, stop_server_frees_the_port_at_once, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
     cr_assert_eq(em_stop_server(server), 0);
-    cr_assert_eq(raw_connect_errno(port), ECONNREFUSED);
+    cr_assert_eq(th_connect_errno(port), ECONNREFUSED);
 
     /* Same port again, no turn in between. */
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &echo_handler, &s,
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &th_echo_handler, &s,
                                  NULL, &server),
                  0);
     cr_assert_eq(em_server_port(server), port);
     int fd = th_client_connect(port);
-    expect_echo(loop, fd, "again");
-    close_clients(loop, &s, &fd, 1);
+    th_expect_echo(loop, fd, "again");
+    th_close_clients(loop, &s, &fd, 1);
 
     /* Stopped while the loop runs (freed after the batch): same. */
     cr_assert_eq(em_stop_server(server), 0);
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &echo_handler, &s,
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &th_echo_handler, &s,
                                  NULL, &server),
                  0);
     cr_assert_eq(em_stop_server(server), 0);
@@ -335,22 +250,19 @@ Test(server, accepted_connections_survive_stop_server,
      .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
     int port = th_listen_port(server);
     int fds[2] = {th_client_connect(port), th_client_connect(port)};
-    run_until_count(loop, &s.accepted, 2, 5.0);
+    th_run_until_count(loop, &s.accepted, 2, 5.0);
 
     cr_assert_eq(em_stop_server(server), 0);
-    cr_assert_eq(raw_connect_errno(port), ECONNREFUSED);
+    cr_assert_eq(th_connect_errno(port), ECONNREFUSED);
     cr_assert_eq(em_connection_count(loop), 2);
-    expect_echo(loop, fds[0], "after stop 0");
-    expect_echo(loop, fds[1], "after stop 1");
+    th_expect_echo(loop, fds[0], "after stop 0");
+    th_expect_echo(loop, fds[1], "after stop 1");
     cr_assert_eq(s.unbinds, 0);
-    close_clients(loop, &s, fds, 2);
+    th_close_clients(loop, &s, fds, 2);
     cr_assert_eq(s.last_reason, 0);
     th_free_loop(loop);
 }
@@ -360,10 +272,7 @@ Test(server, stop_server_from_post_init_stops_accepting,
 {
     em_loop *loop = th_loop();
     struct srv s = {.loop = loop};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
+    em_server *server = th_start_server(loop, &srv_handler, &s);
     int port = th_listen_port(server);
     /* Three clients wait in the backlog; the first accept stops the
      * server, so the same accept batch must not touch it again. */
@@ -371,11 +280,11 @@ Test(server, stop_server_from_post_init_stops_accepting,
     for (int i = 0; i < 3; i++)
         fds[i] = th_client_connect(port);
     s.stop_in_post_init = server;
-    th_run_until(loop, &s.accepted, 5.0);
+    th_run_until(loop, &s.echo.accepted, 5.0);
     th_run_for(loop, 0.1);
     cr_assert_eq(s.stop_rc, 0);
-    cr_assert_eq(s.accepted, 1, "accepted after em_stop_server");
-    cr_assert_eq(raw_connect_errno(port), ECONNREFUSED);
+    cr_assert_eq(s.echo.accepted, 1, "accepted after em_stop_server");
+    cr_assert_eq(th_connect_errno(port), ECONNREFUSED);
 
     /* The two never accepted were reset with the listener. */
     for (int i = 1; i < 3; i++) {
@@ -384,12 +293,12 @@ Test(server, stop_server_from_post_init_stops_accepting,
         cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
                   "client %d: n=%zd %s", i, n, strerror(errno));
     }
-    expect_echo(loop, fds[0], "the accepted one works");
+    th_expect_echo(loop, fds[0], "the accepted one works");
     for (int i = 0; i < 3; i++)
         close(fds[i]);
-    th_run_until(loop, &s.unbinds, 5.0);
+    th_run_until(loop, &s.echo.unbinds, 5.0);
     th_run_for(loop, 0.05);
-    cr_assert_eq(s.unbinds, 1);
+    cr_assert_eq(s.echo.unbinds, 1);
     th_free_loop(loop);
 }
 
@@ -401,23 +310,17 @@ static int connect_to_sockname(em_server *server)
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     cr_assert_eq(em_server_sockname(server, (struct sockaddr *)&ss, &len), 0);
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0);
-    struct timeval tv = {.tv_sec = TH_SOCKET_TIMEOUT};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0, "connect: %s",
-                 strerror(errno));
-    return fd;
+    return th_client_connect_addr((struct sockaddr *)&ss, len);
 }
 
 Test(server, host_name_localhost_works, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
+    th_echo s = {0};
     em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "localhost", 0, &echo_handler, &s, NULL, &server),
-        0);
+    cr_assert_eq(em_start_server(loop, "localhost", 0, &th_echo_handler, &s,
+                                 NULL, &server),
+                 0);
     th_listen_port(server);
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -428,35 +331,23 @@ Test(server, host_name_localhost_works, .timeout = TH_TIMEOUT(10))
     else
         cr_assert_eq(ss.ss_family, AF_INET6);
     int fd = connect_to_sockname(server);
-    expect_echo(loop, fd, "by name");
-    close_clients(loop, &s, &fd, 1);
+    th_expect_echo(loop, fd, "by name");
+    th_close_clients(loop, &s, &fd, 1);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
 }
 
-static int have_ipv6_loopback(void)
-{
-    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return 0;
-    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6,
-                                .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-    int ok = bind(fd, (struct sockaddr *)&sin6, sizeof sin6) == 0;
-    close(fd);
-    return ok;
-}
-
 Test(server, ipv6_loopback_literal, .timeout = TH_TIMEOUT(10))
 {
-    if (!have_ipv6_loopback())
+    if (!th_have_ipv6_loopback())
         cr_skip("no IPv6 loopback here");
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
+    th_echo s = {0};
     const char *hosts[] = {"::1", "[::1]"};
     for (int i = 0; i < 2; i++) {
         em_server *server = NULL;
-        cr_assert_eq(em_start_server(loop, hosts[i], 0, &echo_handler, &s, NULL,
-                                     &server),
+        cr_assert_eq(em_start_server(loop, hosts[i], 0, &th_echo_handler, &s,
+                                     NULL, &server),
                      0, "%s", hosts[i]);
         th_listen_port(server);
         struct sockaddr_in6 sin6;
@@ -467,8 +358,8 @@ Test(server, ipv6_loopback_literal, .timeout = TH_TIMEOUT(10))
         cr_assert(IN6_IS_ADDR_LOOPBACK(&sin6.sin6_addr));
         cr_assert_eq(ntohs(sin6.sin6_port), em_server_port(server));
         int fd = connect_to_sockname(server);
-        expect_echo(loop, fd, "over IPv6");
-        close_clients(loop, &s, &fd, 1);
+        th_expect_echo(loop, fd, "over IPv6");
+        th_close_clients(loop, &s, &fd, 1);
         cr_assert_eq(em_stop_server(server), 0);
     }
     th_free_loop(loop);
@@ -507,35 +398,33 @@ static int connects_completing(int port, int *fds, int n, int wait_ms)
 Test(server, backlog_option_bounds_the_accept_queue, .timeout = TH_TIMEOUT(15))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
+    th_echo s = {0};
     int fds[BACKLOG_CLIENTS];
 
     /* backlog 1: Linux queues backlog + 1 completed connections. */
     em_server_opts small = {.backlog = 1};
     em_server *server = NULL;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s,
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &th_echo_handler, &s,
                                  &small, &server),
                  0);
     int done =
         connects_completing(th_listen_port(server), fds, BACKLOG_CLIENTS, 100);
     cr_assert_geq(done, 1);
     cr_assert_leq(done, 2, "%d connects completed with backlog 1", done);
-    run_until_count(loop, &s.accepted, done, 5.0);
+    th_run_until_count(loop, &s.accepted, done, 5.0);
     for (int i = 0; i < BACKLOG_CLIENTS; i++)
         close(fds[i]);
     cr_assert_eq(em_stop_server(server), 0);
-    run_until_count(loop, &s.unbinds, done, 5.0);
+    th_run_until_count(loop, &s.unbinds, done, 5.0);
 
     /* The default (SOMAXCONN) takes all of them. */
-    struct srv s2 = {.loop = loop};
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s2, NULL,
-                                 &server),
-                 0);
+    th_echo s2 = {0};
+    server = th_start_server(loop, &th_echo_handler, &s2);
     done =
         connects_completing(th_listen_port(server), fds, BACKLOG_CLIENTS, 1000);
     cr_assert_eq(done, BACKLOG_CLIENTS);
-    run_until_count(loop, &s2.accepted, BACKLOG_CLIENTS, 5.0);
-    close_clients(loop, &s2, fds, BACKLOG_CLIENTS);
+    th_run_until_count(loop, &s2.accepted, BACKLOG_CLIENTS, 5.0);
+    th_close_clients(loop, &s2, fds, BACKLOG_CLIENTS);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
 }
@@ -543,32 +432,33 @@ Test(server, backlog_option_bounds_the_accept_queue, .timeout = TH_TIMEOUT(15))
 Test(server, reuseport_lets_two_servers_share_a_port, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {.loop = loop};
+    th_echo s = {0};
     em_server_opts opts = {.reuseport = 1};
     em_server *a = NULL, *b = NULL;
     cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, &opts, &a), 0);
+        em_start_server(loop, "127.0.0.1", 0, &th_echo_handler, &s, &opts, &a),
+        0);
     int port = th_listen_port(a);
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", port, &echo_handler, &s, &opts, &b),
-        0, "second SO_REUSEPORT listener refused");
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &th_echo_handler, &s,
+                                 &opts, &b),
+                 0, "second SO_REUSEPORT listener refused");
     cr_assert_eq(em_server_port(b), port);
     /* Without the option the port stays taken. */
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", port, &echo_handler, &s, NULL, NULL),
-        -EADDRINUSE);
+    cr_assert_eq(em_start_server(loop, "127.0.0.1", port, &th_echo_handler, &s,
+                                 NULL, NULL),
+                 -EADDRINUSE);
 
     int fds[8];
     for (int i = 0; i < 8; i++)
         fds[i] = th_client_connect(port);
-    run_until_count(loop, &s.accepted, 8, 5.0);
-    expect_echo(loop, fds[7], "shared");
-    close_clients(loop, &s, fds, 8);
+    th_run_until_count(loop, &s.accepted, 8, 5.0);
+    th_expect_echo(loop, fds[7], "shared");
+    th_close_clients(loop, &s, fds, 8);
     cr_assert_eq(em_stop_server(a), 0);
     /* b alone still serves the port. */
     int fd = th_client_connect(port);
-    expect_echo(loop, fd, "b");
-    close_clients(loop, &s, &fd, 1);
+    th_expect_echo(loop, fd, "b");
+    th_close_clients(loop, &s, &fd, 1);
     cr_assert_eq(em_stop_server(b), 0);
     th_free_loop(loop);
 }
@@ -579,15 +469,12 @@ Test(server, arg_reaches_post_init, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     struct srv s = {.loop = loop};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_server(loop, "127.0.0.1", 0, &echo_handler, &s, NULL, &server),
-        0);
-    int fd = th_client_connect(th_listen_port(server));
-    th_run_until(loop, &s.accepted, 5.0);
+    em_server *server = th_start_server(loop, &srv_handler, &s);
+    int fd =
+        th_connect_accepted(loop, th_listen_port(server), &s.echo.accepted);
     cr_assert_eq(s.post_init_arg, &s);
     cr_assert_eq(s.bad_arg, 0, "em_conn_arg/em_conn_loop disagree");
-    close_clients(loop, &s, &fd, 1);
+    th_close_clients(loop, &s.echo, &fd, 1);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
 }
@@ -659,15 +546,12 @@ Test(server, state_is_zeroed_and_per_connection, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     struct state_world w = {0};
-    em_server *server = NULL;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &state_handler, &w, NULL,
-                                 &server),
-                 0);
+    em_server *server = th_start_server(loop, &state_handler, &w);
     int port = th_listen_port(server);
     int fds[3];
     for (int i = 0; i < 3; i++) {
         fds[i] = th_client_connect(port);
-        run_until_count(loop, &w.accepted, i + 1, 5.0);
+        th_run_until_count(loop, &w.accepted, i + 1, 5.0);
     }
     /* Connection i+1 was accepted i-th: its state is filled with i+1. */
     for (int i = 2; i >= 0; i--) {
@@ -682,7 +566,7 @@ Test(server, state_is_zeroed_and_per_connection, .timeout = TH_TIMEOUT(10))
     cr_assert_eq(w.mixed_up, 0, "states shared between connections");
     for (int i = 0; i < 3; i++)
         close(fds[i]);
-    run_until_count(loop, &w.unbinds, 3, 5.0);
+    th_run_until_count(loop, &w.unbinds, 3, 5.0);
     cr_assert_eq(w.mixed_up, 0);
     cr_assert_eq(em_stop_server(server), 0);
     th_free_loop(loop);
@@ -713,12 +597,8 @@ Test(server, zero_state_size_gives_null_state, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     int accepted = 0;
-    em_server *server = NULL;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &stateless_handler,
-                                 &accepted, NULL, &server),
-                 0);
-    int fd = th_client_connect(th_listen_port(server));
-    th_run_until(loop, &accepted, 5.0);
+    em_server *server = th_start_server(loop, &stateless_handler, &accepted);
+    int fd = th_connect_accepted(loop, th_listen_port(server), &accepted);
     cr_assert_not_null(stateless_conn);
     close(fd);
     double deadline = th_now() + TH_TIMEOUT(5.0);

@@ -101,9 +101,7 @@ static void open_pair(pair *p)
 
     memset(p, 0, sizeof(*p));
     p->loop = th_loop();
-    rc = em_start_server(p->loop, "127.0.0.1", 0, &server_handler, p, NULL,
-                         &p->server);
-    cr_assert_eq(rc, 0, "em_start_server: %s", em_strerror(rc));
+    p->server = th_start_server(p->loop, &server_handler, p);
     p->port = th_listen_port(p->server);
     rc = em_connect(p->loop, "127.0.0.1", p->port, &client_handler, p,
                     &p->client);
@@ -381,19 +379,17 @@ Test(sockopt, null_args, .timeout = 30)
 Test(sockopt, unix_names_and_no_keepalive, .timeout = 30)
 {
     em_loop *loop = th_loop();
-    em_server *server = NULL;
+    em_server *server;
     pair p;
     char path[128];
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     int fd;
-    int rc;
 
     memset(&p, 0, sizeof(p));
     p.loop = loop;
     th_unix_path(path, sizeof(path), "sockopt");
-    rc = em_start_unix_server(loop, path, &server_handler, &p, NULL, &server);
-    cr_assert_eq(rc, 0, "em_start_unix_server: %s", em_strerror(rc));
+    server = th_start_unix_server(loop, path, &server_handler, &p);
     fd = th_client_connect_unix(path);
     th_run_until(loop, &p.have_accepted, WAIT_S);
 
@@ -450,17 +446,12 @@ Test(sockopt, without_socket_everything_is_enotconn, .timeout = 10)
  * ECONNREFUSED once the attempt ends. */
 static int refused_socket(void)
 {
-    struct sockaddr_in sin = {.sin_family = AF_INET};
-    socklen_t len = sizeof(sin);
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)th_free_port()),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     struct pollfd pfd;
-    int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int fd;
 
-    /* A port that was free a moment ago: bind, read it back, close. */
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(bind(probe, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    cr_assert_eq(getsockname(probe, (struct sockaddr *)&sin, &len), 0);
-    close(probe);
     fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     cr_assert_geq(fd, 0);
     if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0)

@@ -10,7 +10,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -21,14 +20,6 @@
 
 #define MS (1000000ull) /* ns */
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000,
-                          .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
 /* A fixed-seed xorshift: the "random" deadlines are the same every run. */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -38,18 +29,6 @@ static uint64_t rng_next(void)
     rng_state ^= rng_state >> 7;
     rng_state ^= rng_state << 17;
     return rng_state;
-}
-
-/* Runs turns until *counter reaches n (bounded). */
-static void run_until_count(em_loop *loop, const size_t *counter, size_t n,
-                            double max_seconds)
-{
-    double deadline = th_now() + TH_TIMEOUT(max_seconds);
-    while (*(const volatile size_t *)counter < n) {
-        cr_assert_lt(th_now(), deadline, "%zu of %zu timers after %.1f s",
-                     *counter, n, max_seconds);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
 }
 
 static size_t fired;
@@ -149,7 +128,7 @@ static void check_order(size_t n, uint64_t max_us, double max_seconds)
     }
     cr_assert_eq(em_timer_count(loop), n);
 
-    run_until_count(loop, &order_count, n, max_seconds);
+    th_run_until_size(loop, &order_count, n, max_seconds);
     for (size_t i = 1; i < n; i++) {
         cr_assert_lt(order_keys[i - 1], order_keys[i],
                      "fire %zu: timer %llu us #%llu after %llu us #%llu", i,
@@ -213,7 +192,7 @@ Test(timers, stale_id_never_cancels_a_timer_reusing_its_slot,
     cr_assert_eq(em_cancel_timer(loop, old_id), -ENOENT);
     cr_assert_eq(em_timer_count(loop), 1);
 
-    run_until_count(loop, &fired, 2, 5);
+    th_run_until_size(loop, &fired, 2, 5);
     cr_assert_eq(em_cancel_timer(loop, new_id), -ENOENT);
     cr_assert_eq(em_cancel_timer(loop, old_id), -ENOENT);
     th_free_loop(loop);
@@ -248,7 +227,7 @@ Test(timers, one_shot_cancelling_itself_gets_enoent, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     cr_assert_eq(em_add_timer(loop, 0, cancel_self_cb, NULL, &self_id), 0);
-    run_until_count(loop, &fired, 1, 5);
+    th_run_until_size(loop, &fired, 1, 5);
     cr_assert_eq(self_cancel_rc, -ENOENT);
     cr_assert_eq(em_timer_count(loop), 0);
     th_free_loop(loop);
@@ -303,7 +282,7 @@ Test(timers, cancelling_random_timers_keeps_the_rest_in_order,
     }
     cr_assert_eq(em_timer_count(loop), live);
 
-    run_until_count(loop, &order_count, live, 5);
+    th_run_until_size(loop, &order_count, live, 5);
     for (size_t i = 0; i < order_count; i++) {
         size_t index = order_keys[i] & UINT32_MAX;
         cr_assert_eq(cancelled[index], 0, "cancelled timer #%zu fired", index);
@@ -372,7 +351,7 @@ static void periodic_cb(em_loop *loop, void *arg)
     cr_assert_leq(periodic_ticks * PERIOD_NS, loop->now_ns - periodic_t0);
     if (periodic_ticks == periodic_stop_at)
         cr_assert_eq(em_cancel_timer(loop, periodic_id), 0);
-    sleep_ms(periodic_ticks == 3 ? 3 * sleep_for : sleep_for);
+    th_sleep_ms(periodic_ticks == 3 ? 3 * sleep_for : sleep_for);
 }
 
 static em_loop *periodic_start(int sleep_ms_per_tick)
@@ -393,7 +372,7 @@ Test(timers, periodic_keeps_its_schedule_without_drift,
 {
     enum { TICKS = 10 };
     em_loop *loop = periodic_start(5);
-    run_until_count(loop, &periodic_ticks, TICKS, 5);
+    th_run_until_size(loop, &periodic_ticks, TICKS, 5);
     /* A drifting timer (next = callback end + period) would need 25 ms a
      * tick; ours needs 20. The deadline phase is checked exactly above. */
     double elapsed = em_now(loop) - (double)periodic_t0 / 1e9;
@@ -413,7 +392,7 @@ Test(timers, periodic_skips_missed_ticks_instead_of_bursting,
     /* tick 3 sleeps 45 ms: the deadlines it slept through are skipped
      * (checked in periodic_cb: one tick per elapsed period at most). */
     em_loop *loop = periodic_start(15);
-    run_until_count(loop, &periodic_ticks, 6, 5);
+    th_run_until_size(loop, &periodic_ticks, 6, 5);
     cr_assert_geq(periodic_last_deadline - periodic_t0, 8 * PERIOD_NS,
                   "tick 3 slept past two deadlines; they must be skipped");
     cr_assert_eq(em_cancel_timer(loop, periodic_id), 0);
@@ -425,7 +404,7 @@ Test(timers, periodic_cancelled_in_its_own_callback_stops,
 {
     periodic_stop_at = 3;
     em_loop *loop = periodic_start(0);
-    run_until_count(loop, &periodic_ticks, 3, 5);
+    th_run_until_size(loop, &periodic_ticks, 3, 5);
     cr_assert_eq(em_timer_count(loop), 0);
     th_run_for(loop, 0.1);
     cr_assert_eq(periodic_ticks, 3, "ticked after being cancelled");
@@ -616,10 +595,7 @@ Test(timers, connection_closed_in_a_timer_unbinds_before_the_next,
      .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    em_server *server = NULL;
-    cr_assert_eq(em_start_server(loop, "127.0.0.1", 0, &reap_handler, NULL,
-                                 NULL, &server),
-                 0);
+    em_server *server = th_start_server(loop, &reap_handler, NULL);
     int fd = th_client_connect(th_listen_port(server));
     double limit = th_now() + TH_TIMEOUT(5);
     while (reap_conn == NULL) {

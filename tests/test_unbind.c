@@ -13,7 +13,6 @@
  * while megabytes are queued (no SIGPIPE; other connections unaffected).
  */
 #include <errno.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,7 +20,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 
 #include "em.h"
@@ -186,11 +184,7 @@ static const em_handler tracked = {
 
 static em_server *start_server(em_loop *loop)
 {
-    em_server *s = NULL;
-    int rc =
-        em_start_server(loop, "127.0.0.1", 0, &tracked, &server_arg, NULL, &s);
-    cr_assert_eq(rc, 0, "em_start_server: %s", em_strerror(rc));
-    return s;
+    return th_start_server(loop, &tracked, &server_arg);
 }
 
 static em_conn *tconnect(em_loop *loop, int port)
@@ -204,17 +198,6 @@ static em_conn *tconnect(em_loop *loop, int port)
     return conn;
 }
 
-static void run_until_n(em_loop *loop, int *count, int want, double max_s)
-{
-    double deadline = th_now() + TH_TIMEOUT(max_s);
-    while (*count < want) {
-        cr_assert_lt(th_now(), deadline, "%d of %d after %.1f s", *count, want,
-                     TH_TIMEOUT(max_s));
-        int rc = em_run_once(loop, 10);
-        cr_assert_geq(rc, 0, "em_run_once: %s", em_strerror(rc));
-    }
-}
-
 /* Every record unbound exactly once; nothing left on the loop. */
 static void finish(em_loop *loop, em_server *srv)
 {
@@ -226,33 +209,13 @@ static void finish(em_loop *loop, em_server *srv)
                      U.recs[i].unbinds);
     }
     cr_assert_eq(U.unbinds, U.nrec);
-    if (srv)
-        cr_assert_eq(em_stop_server(srv), 0);
-    cr_assert_eq(em_connection_count(loop), 0, "%zu connections left",
-                 em_connection_count(loop));
-    th_free_loop(loop);
-}
-
-/* A port on 127.0.0.1 with nobody listening. */
-static int dead_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET,
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
-    socklen_t len = sizeof sin;
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-    close(fd);
-    return ntohs(sin.sin_port);
+    th_stop_and_free(loop, srv);
 }
 
 /* Raw client connected and accepted (post_init ran for it). */
 static int accepted_client(em_loop *loop, em_server *srv, rec **out)
 {
-    int before = U.servers;
-    int fd = th_client_connect(th_listen_port(srv));
-    run_until_n(loop, &U.servers, before + 1, 5);
+    int fd = th_connect_accepted(loop, th_listen_port(srv), &U.servers);
     rec *r = NULL;
     for (int i = 0; i < U.nrec; i++)
         if (U.recs[i].server)
@@ -268,10 +231,10 @@ Test(unbind, refused_connect, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     u_reset(loop);
-    tconnect(loop, dead_port());
+    tconnect(loop, th_free_port());
     cr_assert_eq(U.unbinds, 0, "unbind inside em_connect");
     cr_assert_eq(em_connection_count(loop), 1);
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     rec *r = &U.recs[0];
     cr_assert_eq(r->reason, -ECONNREFUSED, "unbind %s", em_err_name(r->reason));
     cr_assert_eq(r->completes, 0);
@@ -290,7 +253,7 @@ Test(unbind, peer_reset, .timeout = TH_TIMEOUT(10))
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
     close(fd); /* RST */
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     cr_assert(r->reason == -ECONNRESET || r->reason == 0, "unbind %s",
               em_err_name(r->reason));
     finish(loop, srv);
@@ -310,7 +273,7 @@ Test(unbind, inactivity_timeout, .timeout = TH_TIMEOUT(10))
     em_server *srv = start_server(loop);
     rec *r;
     int fd = accepted_client(loop, srv, &r);
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     cr_assert_eq(r->reason, -ETIMEDOUT, "unbind %s", em_err_name(r->reason));
     cr_assert_eq(th_pump_eof(loop, fd, 5), 0);
     close(fd);
@@ -398,7 +361,7 @@ Test(unbind, close_inside_post_init_of_accepted, .timeout = TH_TIMEOUT(10))
     th_send_all(fd, "data", 4); /* waiting, never delivered */
     int err = th_pump_eof(loop, fd, 5);
     cr_assert(err == 0 || err == -ECONNRESET, "client: %s", em_err_name(err));
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     rec *r = &U.recs[0];
     cr_assert_eq(r->reason, 0);
     cr_assert_eq(r->receives, 0);
@@ -414,7 +377,7 @@ Test(unbind, close_inside_post_init_of_outbound, .timeout = TH_TIMEOUT(10))
     U.on_post_init = close_now_in_post_init;
     tconnect(loop, th_listen_port(srv));
     cr_assert_eq(U.unbinds, 0, "unbind inside em_connect");
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     th_run_for(loop, 0.05);
     cr_assert_eq(U.nrec, 1, "the closed connect still reached the server");
     rec *r = &U.recs[0];
@@ -441,7 +404,7 @@ Test(unbind, close_after_writing_inside_post_init_of_outbound,
     U.on_post_init = send_then_close_after_writing;
     em_server *srv = start_server(loop);
     tconnect(loop, th_listen_port(srv));
-    run_until_n(loop, &U.unbinds, 2, 5);
+    th_run_until_count(loop, &U.unbinds, 2, 5);
     rec *c = &U.recs[0], *s = &U.recs[1];
     cr_assert_eq(c->server, 0);
     cr_assert_eq(c->completes, 1);
@@ -479,7 +442,7 @@ Test(unbind, close_inside_receive_data, .timeout = TH_TIMEOUT(10))
         sent += (size_t)n;
     }
     cr_assert_gt(sent, 0);
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     cr_assert_eq(r->receives, 1, "receive_data ran %d times", r->receives);
     cr_assert_eq(r->reason, 0);
     int err = th_pump_eof(loop, fd, 5);
@@ -508,7 +471,7 @@ Test(unbind, close_inside_connection_completed, .timeout = TH_TIMEOUT(10))
     U.on_completed = close_in_completed;
     em_server *srv = start_server(loop);
     tconnect(loop, th_listen_port(srv));
-    run_until_n(loop, &U.unbinds, 2, 5);
+    th_run_until_count(loop, &U.unbinds, 2, 5);
     rec *c = &U.recs[0], *s = &U.recs[1];
     cr_assert_eq(c->completes, 1);
     cr_assert_eq(c->receives, 0);
@@ -535,7 +498,7 @@ Test(unbind, close_inside_timer_callback, .timeout = TH_TIMEOUT(10))
     rec *r;
     int fd = accepted_client(loop, srv, &r);
     cr_assert_eq(em_add_timer(loop, 0.02, close_from_timer, r, NULL), 0);
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     cr_assert_eq(r->closed, 1);
     cr_assert_eq(r->reason, 0);
     cr_assert_eq(th_pump_eof(loop, fd, 5), 0);
@@ -573,7 +536,7 @@ Test(unbind, close_inside_another_connections_unbind, .timeout = TH_TIMEOUT(10))
 
     cr_assert_eq(tclose(a->conn, 0), 0);
     cr_assert_eq(U.unbinds, 0, "unbind inside em_close_connection");
-    run_until_n(loop, &U.unbinds, 2, 5);
+    th_run_until_count(loop, &U.unbinds, 2, 5);
     cr_assert_eq(a->seq, 1);
     cr_assert_eq(b->seq, 2);
     cr_assert_eq(a->reason, 0);
@@ -630,7 +593,7 @@ static void close_other_from_receive(int with_task)
         if (with_task && i == 0)
             cr_assert_eq(em_schedule(loop, count_task, NULL), 0);
     }
-    run_until_n(loop, &U.unbinds, N, 5);
+    th_run_until_count(loop, &U.unbinds, N, 5);
 
     int receives = 0;
     for (int i = 0; i < N; i++) {
@@ -681,7 +644,7 @@ Test(unbind, double_close_is_harmless, .timeout = TH_TIMEOUT(10))
             cr_assert_eq(tclose(r->conn, seqs[k][j]), 0, "seq %d close %d", k,
                          j);
         r->closed = 1;
-        run_until_n(loop, &U.unbinds, k + 1, 5);
+        th_run_until_count(loop, &U.unbinds, k + 1, 5);
         cr_assert_eq(r->reason, 0);
         cr_assert_eq(th_pump_eof(loop, fd, 5), 0);
         close(fd);
@@ -691,18 +654,12 @@ Test(unbind, double_close_is_harmless, .timeout = TH_TIMEOUT(10))
 
 /* ---- a peer vanishing mid-write -------------------------------------- */
 
-static uint8_t pat(uint64_t i)
-{
-    return (uint8_t)(((uint32_t)i * 2654435761u) >> 24);
-}
-
 static void send_pattern(em_conn *conn, size_t len)
 {
     static uint8_t piece[64 * KiB];
     for (size_t off = 0; off < len; off += sizeof piece) {
         size_t n = len - off < sizeof piece ? len - off : sizeof piece;
-        for (size_t i = 0; i < n; i++)
-            piece[i] = pat(off + i);
+        th_pat_fill(piece, off, n);
         cr_assert_eq(em_send_data(conn, piece, n), 0);
     }
 }
@@ -725,34 +682,20 @@ Test(unbind, peer_vanishing_mid_write, .timeout = TH_TIMEOUT(20))
     cr_assert_eq(tclose(r2->conn, 1), 0);
 
     /* Client 1 reads a little, then goes away with unread data: RST. */
-    static uint8_t buf[256 * KiB];
-    cr_assert_eq(th_pump_recv(loop, f1, buf, 64 * KiB, 5), 64 * KiB);
+    static uint8_t buf[64 * KiB];
+    cr_assert_eq(th_pump_recv(loop, f1, buf, sizeof buf, 5), sizeof buf);
     close(f1);
-    run_until_n(loop, &U.unbinds, 1, 5);
+    th_run_until_count(loop, &U.unbinds, 1, 5);
     cr_assert_eq(r1->unbound, 1);
     cr_assert(r1->reason == -EPIPE || r1->reason == -ECONNRESET, "unbind %s",
               em_err_name(r1->reason));
 
     /* Client 2 gets every byte, then EOF. */
-    size_t got = 0;
-    double deadline = th_now() + TH_TIMEOUT(10);
-    for (;;) {
-        ssize_t n = recv(f2, buf, sizeof buf, MSG_DONTWAIT);
-        if (n == 0)
-            break;
-        if (n > 0) {
-            for (ssize_t i = 0; i < n; i++)
-                cr_assert_eq(buf[i], pat(got + (size_t)i),
-                             "corrupt byte at %zu", got + (size_t)i);
-            got += (size_t)n;
-            continue;
-        }
-        cr_assert(errno == EAGAIN, "recv: %s", strerror(errno));
-        cr_assert_lt(th_now(), deadline, "client 2 got %zu bytes", got);
-        cr_assert_geq(em_run_once(loop, 5), 0);
-    }
+    int err;
+    size_t got = th_pump_pattern_eof(loop, f2, 0, 8 * MiB, &err, 10);
+    cr_assert_eq(err, 0, "client 2: %s", em_err_name(err));
     cr_assert_eq(got, 8 * MiB, "client 2 got %zu bytes", got);
-    run_until_n(loop, &U.unbinds, 2, 5);
+    th_run_until_count(loop, &U.unbinds, 2, 5);
     cr_assert_eq(r2->reason, 0, "unbind %s", em_err_name(r2->reason));
     close(f2);
     finish(loop, srv);

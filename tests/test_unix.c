@@ -6,7 +6,6 @@
  * abstract names ("@name"), and argument checks.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -55,93 +54,12 @@ static void make_stale_socket(const char *path)
     cr_assert(is_socket_file(path));
 }
 
-struct srv {
-    int accepted;
-    int unbinds;
-    int last_reason;
-};
-
-static void srv_post_init(em_conn *conn, void *arg)
-{
-    (void)conn;
-    struct srv *s = arg;
-    s->accepted++;
-}
-
-static void srv_echo(em_conn *conn, const char *data, size_t len)
-{
-    em_send_data(conn, data, len);
-}
-
-static void srv_unbind(em_conn *conn, int reason)
-{
-    struct srv *s = em_conn_arg(conn);
-    s->unbinds++;
-    s->last_reason = reason;
-}
-
-static const em_handler echo_handler = {
-    .post_init = srv_post_init,
-    .receive_data = srv_echo,
-    .unbind = srv_unbind,
-};
-
-struct cli {
-    const char *hello;
-    int post_inits;
-    int connecting_in_post_init;
-    int completed;
-    int unbinds;
-    int reason;
-    char got[128];
-    size_t got_len;
-};
-
-static void cli_post_init(em_conn *conn, void *arg)
-{
-    struct cli *c = arg;
-    c->post_inits++;
-    c->connecting_in_post_init = em_is_connecting(conn);
-    if (c->hello)
-        cr_assert_eq(em_send_data(conn, c->hello, strlen(c->hello)), 0);
-}
-
-static void cli_completed(em_conn *conn)
-{
-    struct cli *c = em_conn_arg(conn);
-    c->completed++;
-}
-
-static void cli_receive(em_conn *conn, const char *data, size_t len)
-{
-    struct cli *c = em_conn_arg(conn);
-    cr_assert_leq(c->got_len + len, sizeof c->got);
-    memcpy(c->got + c->got_len, data, len);
-    c->got_len += len;
-    if (c->hello && c->got_len == strlen(c->hello))
-        em_close_connection(conn, 0);
-}
-
-static void cli_unbind(em_conn *conn, int reason)
-{
-    struct cli *c = em_conn_arg(conn);
-    c->unbinds++;
-    c->reason = reason;
-}
-
-static const em_handler client_handler = {
-    .post_init = cli_post_init,
-    .connection_completed = cli_completed,
-    .receive_data = cli_receive,
-    .unbind = cli_unbind,
-};
-
 /* em_connect_unix to path, sends a greeting, expects the echo, closes. */
-static void round_trip(em_loop *loop, struct srv *s, const char *path)
+static void round_trip(em_loop *loop, th_echo *s, const char *path)
 {
-    struct cli c = {.hello = "unix round trip"};
+    th_client c = {.hello = "unix round trip"};
     int accepted = s->accepted, unbinds = s->unbinds;
-    cr_assert_eq(em_connect_unix(loop, path, &client_handler, &c, NULL), 0);
+    cr_assert_eq(em_connect_unix(loop, path, &th_client_handler, &c, NULL), 0);
     cr_assert_eq(c.post_inits, 1);
     cr_assert_eq(c.connecting_in_post_init, 1);
     cr_assert_eq(c.unbinds, 0, "unbind inside em_connect_unix");
@@ -150,11 +68,7 @@ static void round_trip(em_loop *loop, struct srv *s, const char *path)
     cr_assert_eq(c.completed, 1);
     cr_assert_eq(c.got_len, strlen(c.hello));
     cr_assert_eq(memcmp(c.got, c.hello, c.got_len), 0);
-    double deadline = th_now() + TH_TIMEOUT(5.0);
-    while (s->unbinds == unbinds) {
-        cr_assert_lt(th_now(), deadline, "server side never unbound");
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
+    th_run_until_count(loop, &s->unbinds, unbinds + 1, 5.0);
     cr_assert_eq(s->accepted, accepted + 1);
     cr_assert_eq(s->last_reason, 0);
 }
@@ -166,10 +80,8 @@ Test(unix, echo_round_trip_and_stop_removes_the_file, .timeout = TH_TIMEOUT(10))
     char path[108];
     th_unix_path(path, sizeof path, "echo");
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, NULL, &server), 0);
+    th_echo s = {0};
+    em_server *server = th_start_unix_server(loop, path, &th_echo_handler, &s);
     cr_assert(is_socket_file(path), "no socket file at %s", path);
     cr_assert_eq(em_server_port(server), 0, "Unix servers have no port");
     struct sockaddr_un sun;
@@ -182,17 +94,8 @@ Test(unix, echo_round_trip_and_stop_removes_the_file, .timeout = TH_TIMEOUT(10))
 
     /* A plain blocking client works as well. */
     int fd = th_client_connect_unix(path);
-    th_send_all(fd, "raw", 3);
-    char buf[3];
-    cr_assert_eq(th_pump_recv(loop, fd, buf, 3, 5.0), 3);
-    cr_assert_eq(memcmp(buf, "raw", 3), 0);
-    int unbinds = s.unbinds;
-    close(fd);
-    double deadline = th_now() + TH_TIMEOUT(5.0);
-    while (s.unbinds == unbinds) {
-        cr_assert_lt(th_now(), deadline);
-        cr_assert_geq(em_run_once(loop, 10), 0);
-    }
+    th_expect_echo(loop, fd, "raw");
+    th_close_clients(loop, &s, &fd, 1);
 
     cr_assert_eq(em_stop_server(server), 0);
     cr_assert_not(path_exists(path), "em_stop_server left %s", path);
@@ -205,24 +108,13 @@ Test(unix, stale_socket_file_is_replaced, .timeout = TH_TIMEOUT(10))
     th_unix_path(path, sizeof path, "stale");
     make_stale_socket(path);
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, NULL, &server), 0,
-        "stale socket not replaced");
+    th_echo s = {0};
+    /* The stale file is replaced. */
+    em_server *server = th_start_unix_server(loop, path, &th_echo_handler, &s);
     round_trip(loop, &s, path);
     cr_assert_eq(em_stop_server(server), 0);
     cr_assert_not(path_exists(path));
     th_free_loop(loop);
-}
-
-static int count_open_fds(void)
-{
-    int n = 0;
-    for (int fd = 0; fd < 1024; fd++)
-        if (fcntl(fd, F_GETFD) >= 0)
-            n++;
-    return n;
 }
 
 Test(unix, live_server_on_the_path_is_eaddrinuse, .timeout = TH_TIMEOUT(10))
@@ -230,17 +122,15 @@ Test(unix, live_server_on_the_path_is_eaddrinuse, .timeout = TH_TIMEOUT(10))
     char path[108];
     th_unix_path(path, sizeof path, "live");
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, NULL, &server), 0);
-    int before = count_open_fds();
+    th_echo s = {0};
+    em_server *server = th_start_unix_server(loop, path, &th_echo_handler, &s);
+    int before = th_count_fds();
     em_server *second = (em_server *)&s;
     cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, NULL, &second),
+        em_start_unix_server(loop, path, &th_echo_handler, &s, NULL, &second),
         -EADDRINUSE);
     cr_assert_null(second);
-    cr_assert_eq(count_open_fds(), before, "the failed start leaked an fd");
+    cr_assert_eq(th_count_fds(), before, "the failed start leaked an fd");
     /* The live server keeps its file and still answers. The liveness
      * probe was a connect, so it may have accepted (and lost) that one. */
     cr_assert(is_socket_file(path));
@@ -253,7 +143,7 @@ Test(unix, live_server_on_the_path_is_eaddrinuse, .timeout = TH_TIMEOUT(10))
     /* A live server from another program (a raw listener) as well. */
     int raw = raw_unix_socket(path, 1);
     cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, NULL, NULL),
+        em_start_unix_server(loop, path, &th_echo_handler, &s, NULL, NULL),
         -EADDRINUSE);
     cr_assert(is_socket_file(path));
     int fd = th_client_connect_unix(path);
@@ -273,9 +163,9 @@ Test(unix, regular_file_at_the_path_is_not_deleted, .timeout = TH_TIMEOUT(10))
     fclose(f);
 
     em_loop *loop = th_loop();
-    struct srv s = {0};
+    th_echo s = {0};
     cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, NULL, NULL),
+        em_start_unix_server(loop, path, &th_echo_handler, &s, NULL, NULL),
         -EADDRINUSE);
     struct stat st;
     cr_assert_eq(lstat(path, &st), 0, "the regular file was deleted");
@@ -290,9 +180,8 @@ Test(unix, shutdown_removes_the_socket_file, .timeout = TH_TIMEOUT(10))
     char path[108];
     th_unix_path(path, sizeof path, "shutdown");
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, NULL, NULL), 0);
+    th_echo s = {0};
+    th_start_unix_server(loop, path, &th_echo_handler, &s);
     int fd = th_client_connect_unix(path);
     th_run_until(loop, &s.accepted, 5.0);
     cr_assert_eq(em_stop(loop), 0);
@@ -309,8 +198,8 @@ Test(unix, shutdown_removes_the_socket_file, .timeout = TH_TIMEOUT(10))
 
 static void expect_connect_failure(em_loop *loop, const char *path, int err)
 {
-    struct cli c = {0};
-    cr_assert_eq(em_connect_unix(loop, path, &client_handler, &c, NULL), 0);
+    th_client c = {0};
+    cr_assert_eq(em_connect_unix(loop, path, &th_client_handler, &c, NULL), 0);
     cr_assert_eq(c.post_inits, 1);
     cr_assert_eq(c.unbinds, 0, "unbind inside em_connect_unix");
     th_run_until(loop, &c.unbinds, 5.0);
@@ -351,10 +240,8 @@ Test(unix, abstract_socket_name, .timeout = TH_TIMEOUT(10))
     char name[64];
     snprintf(name, sizeof name, "@em-test-%ld-abstract", (long)getpid());
     em_loop *loop = th_loop();
-    struct srv s = {0};
-    em_server *server = NULL;
-    cr_assert_eq(
-        em_start_unix_server(loop, name, &echo_handler, &s, NULL, &server), 0);
+    th_echo s = {0};
+    em_server *server = th_start_unix_server(loop, name, &th_echo_handler, &s);
     cr_assert_not(path_exists(name), "an abstract name created a file");
     struct sockaddr_un sun;
     socklen_t len = sizeof sun;
@@ -365,13 +252,12 @@ Test(unix, abstract_socket_name, .timeout = TH_TIMEOUT(10))
 
     /* Abstract names are never stale: a second server is refused. */
     cr_assert_eq(
-        em_start_unix_server(loop, name, &echo_handler, &s, NULL, NULL),
+        em_start_unix_server(loop, name, &th_echo_handler, &s, NULL, NULL),
         -EADDRINUSE);
     round_trip(loop, &s, name);
     cr_assert_eq(em_stop_server(server), 0);
     /* The name is free again at once. */
-    cr_assert_eq(
-        em_start_unix_server(loop, name, &echo_handler, &s, NULL, &server), 0);
+    server = th_start_unix_server(loop, name, &th_echo_handler, &s);
     cr_assert_eq(em_stop_server(server), 0);
     expect_connect_failure(loop, name, -ECONNREFUSED);
     th_free_loop(loop);
@@ -382,40 +268,41 @@ Test(unix, abstract_socket_name, .timeout = TH_TIMEOUT(10))
 Test(unix, bad_arguments, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    struct srv s = {0};
+    th_echo s = {0};
     char path[108];
     th_unix_path(path, sizeof path, "args");
     cr_assert_eq(
-        em_start_unix_server(loop, NULL, &echo_handler, &s, NULL, NULL),
+        em_start_unix_server(loop, NULL, &th_echo_handler, &s, NULL, NULL),
         -EINVAL);
-    cr_assert_eq(em_start_unix_server(loop, "", &echo_handler, &s, NULL, NULL),
-                 -EINVAL);
+    cr_assert_eq(
+        em_start_unix_server(loop, "", &th_echo_handler, &s, NULL, NULL),
+        -EINVAL);
     cr_assert_eq(em_start_unix_server(loop, path, NULL, &s, NULL, NULL),
                  -EINVAL);
     cr_assert_eq(
-        em_start_unix_server(NULL, path, &echo_handler, &s, NULL, NULL),
+        em_start_unix_server(NULL, path, &th_echo_handler, &s, NULL, NULL),
         -EINVAL);
     em_server_opts bad = {.backlog = -1};
     cr_assert_eq(
-        em_start_unix_server(loop, path, &echo_handler, &s, &bad, NULL),
+        em_start_unix_server(loop, path, &th_echo_handler, &s, &bad, NULL),
         -EINVAL);
     char long_path[200];
     memset(long_path, 'y', sizeof long_path - 1);
     long_path[0] = '/';
     long_path[sizeof long_path - 1] = '\0';
     cr_assert_eq(
-        em_start_unix_server(loop, long_path, &echo_handler, &s, NULL, NULL),
+        em_start_unix_server(loop, long_path, &th_echo_handler, &s, NULL, NULL),
         -ENAMETOOLONG);
     cr_assert_eq(em_start_unix_server(loop, "/nonexistent-em-dir/x.sock",
-                                      &echo_handler, &s, NULL, NULL),
+                                      &th_echo_handler, &s, NULL, NULL),
                  -ENOENT);
     cr_assert_not(path_exists(path), "a rejected call created the file");
 
-    struct cli c = {0};
-    cr_assert_eq(em_connect_unix(loop, NULL, &client_handler, &c, NULL),
+    th_client c = {0};
+    cr_assert_eq(em_connect_unix(loop, NULL, &th_client_handler, &c, NULL),
                  -EINVAL);
     cr_assert_eq(em_connect_unix(loop, path, NULL, &c, NULL), -EINVAL);
-    cr_assert_eq(em_connect_unix(NULL, path, &client_handler, &c, NULL),
+    cr_assert_eq(em_connect_unix(NULL, path, &th_client_handler, &c, NULL),
                  -EINVAL);
     cr_assert_eq(c.post_inits, 0);
     th_free_loop(loop);
