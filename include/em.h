@@ -259,7 +259,9 @@ void *em_conn_arg(const em_conn *conn);
 
 /* Queues a copy of data and sends it without blocking: writes at once when
  * nothing is queued and queues only the rest. Returns 0, -EINVAL, -ENOMEM,
- * -ENOTCONN (closed), -EPIPE (close requested or write side shut down). */
+ * -ENOTCONN (closed), -EPIPE (close requested or write side shut down), or
+ * the socket's error (-ECONNRESET, ...) when the write failed: the
+ * connection then closes and its unbind gets the same reason. */
 int em_send_data(em_conn *conn, const void *data, size_t len);
 
 /* Closes the connection. after_writing = 0 drops queued data; nonzero

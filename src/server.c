@@ -243,11 +243,13 @@ int em_stop_server(em_server *server)
     free(server->unix_path);
     server->unix_path = NULL;
     em__list_remove(&server->link);
-    if (!loop->running) {
+    if (!loop->running && !loop->stopping) {
         free(server);
         return 0;
     }
-    /* Freed after the current batch: an event for it may still be queued. */
+    /* Freed after the current batch: an event for it may still be queued.
+     * In em_loop_free's shutdown, after the unbinds, which may still use
+     * the server the application holds (as they can in em_run's). */
     em__list_push_back(&loop->dead_servers, &server->link);
     return 0;
 }
