@@ -88,12 +88,30 @@ void em__conn_close_now(em_conn *conn, int reason)
     em__list_push_back(&conn->loop->pending_unbind, &conn->link);
 }
 
+/* close(2) on a socket with unread input sends RST instead of FIN, and an
+ * RST can destroy the reply we just flushed before the peer reads it (a
+ * client that pipelined more requests than we answer). So a graceful close
+ * discards what is readable first; a bounded effort, not a lingering close. */
+static void discard_unread_input(em_conn *conn)
+{
+    em_loop *loop = conn->loop;
+    for (int i = 0; i < 16; i++) {
+        ssize_t n = conn->transport->read(conn, loop->read_buf,
+                                          sizeof(loop->read_buf));
+        if (n < (ssize_t)sizeof(loop->read_buf))
+            return;
+    }
+}
+
 /* Releases everything but the struct; leaves it reusable by em_reconnect. */
 static void conn_release_io(em_conn *conn)
 {
     em__connect_free(conn);
     em__outq_clear(&conn->out);
     if (conn->watcher.fd >= 0) {
+        if ((conn->flags & EM__CONN_CLOSE_AFTER_WRITING) &&
+            !(conn->flags & EM__CONN_READ_EOF) && conn->close_reason == 0)
+            discard_unread_input(conn);
         em__poller_forget(conn->loop, &conn->watcher);
         conn->transport->close(conn);
     }
