@@ -4,8 +4,10 @@
  * Connection code reaches bytes only through em__transport, as Redis's
  * connection.h does, so a TLS session can replace this table on a live
  * connection (STARTTLS) without the read and write paths knowing. Writes use
- * sendmsg with MSG_NOSIGNAL: a peer that vanished gives EPIPE, never SIGPIPE,
- * and the library needs no process-wide signal disposition.
+ * send/sendmsg with MSG_NOSIGNAL: a peer that vanished gives EPIPE, never
+ * SIGPIPE, and the library needs no process-wide signal disposition. Reads
+ * use recv rather than read: the socket calls skip the VFS layer's
+ * permission and fsnotify hooks that read(2) and write(2) pay on every call.
  */
 #include <errno.h>
 #include <sys/socket.h>
@@ -16,7 +18,7 @@
 static ssize_t socket_read(em_conn *conn, void *buf, size_t len)
 {
     for (;;) {
-        ssize_t n = read(conn->watcher.fd, buf, len);
+        ssize_t n = recv(conn->watcher.fd, buf, len, 0);
         if (n >= 0)
             return n;
         if (errno != EINTR)
