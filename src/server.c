@@ -138,12 +138,16 @@ static int server_new(em_loop *loop, int fd, const em_handler *handler,
     return 0;
 }
 
+/* Checks what both kinds of server take; NULL opts become the defaults. */
 static int check_server_args(em_loop *loop, const em_handler *handler,
-                             em_server **out)
+                             const em_server_opts **opts, em_server **out)
 {
+    static const em_server_opts defaults;
     if (out)
         *out = NULL;
-    if (!loop || !handler)
+    if (!*opts)
+        *opts = &defaults;
+    if (!loop || !handler || (*opts)->backlog < 0)
         return -EINVAL;
     if (loop->stopping)
         return -ECANCELED;
@@ -154,15 +158,10 @@ int em_start_server(em_loop *loop, const char *host, int port,
                     const em_handler *handler, void *arg,
                     const em_server_opts *opts, em_server **out)
 {
-    static const em_server_opts defaults;
-    int err = check_server_args(loop, handler, out);
+    int err = check_server_args(loop, handler, &opts, out);
     if (err < 0)
         return err;
     if (port < 0 || port > 65535)
-        return -EINVAL;
-    if (!opts)
-        opts = &defaults;
-    if (opts->backlog < 0)
         return -EINVAL;
 
     struct sockaddr_storage ss;
@@ -196,14 +195,9 @@ int em_start_unix_server(em_loop *loop, const char *path,
                          const em_handler *handler, void *arg,
                          const em_server_opts *opts, em_server **out)
 {
-    static const em_server_opts defaults;
-    int err = check_server_args(loop, handler, out);
+    int err = check_server_args(loop, handler, &opts, out);
     if (err < 0)
         return err;
-    if (!opts)
-        opts = &defaults;
-    if (opts->backlog < 0)
-        return -EINVAL;
     struct sockaddr_storage ss;
     socklen_t len;
     err = em__addr_unix(path, &ss, &len);
