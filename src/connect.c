@@ -22,15 +22,6 @@
 
 #include "internal.h"
 
-struct em__connect_req {
-    em__resolve_job *job;
-    struct addrinfo *addresses; /* owned, from the resolver */
-    struct addrinfo *next;      /* next address to try */
-    struct sockaddr_storage bind_addr;
-    socklen_t bind_len;         /* 0: do not bind */
-    int last_err;
-};
-
 void em__connect_free(em_conn *conn)
 {
     struct em__connect_req *req = conn->connect;
@@ -115,8 +106,8 @@ static void try_next(em_conn *conn)
     em__conn_close_now(conn, req->last_err ? req->last_err : -ENOENT);
 }
 
-static void on_resolved(em_loop *loop, void *ctx, struct addrinfo *ai,
-                        int err)
+void em__connect_on_resolved(em_loop *loop, void *ctx, struct addrinfo *ai,
+                             int err)
 {
     (void)loop;
     em_conn *conn = ctx;
@@ -197,8 +188,8 @@ static void begin(em_conn *conn, const char *host, int port, const char *path)
         fail_later(conn, err);
         return;
     }
-    err = em__resolve_start(conn->loop, host, port, on_resolved, conn,
-                            &conn->connect->job);
+    err = em__resolve_start(conn->loop, host, port, em__connect_on_resolved,
+                            conn, &conn->connect->job);
     if (err < 0)
         fail_later(conn, err);
 }

@@ -30,6 +30,8 @@
 #include "em.h"
 #include "list.h"
 
+struct addrinfo;
+
 #define EM__READ_CHUNK (64 * 1024)    /* one loop-owned read buffer */
 #define EM__READS_PER_WAKEUP 4        /* fairness bound per readable event */
 #define EM__ACCEPTS_PER_WAKEUP 64     /* fairness bound per listener event */
@@ -200,6 +202,10 @@ void em__conn_reap(em_loop *loop);
 void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents);
 void em__connect_free(em_conn *conn);
 void em__connect_on_writable(em_conn *conn);
+/* The resolver's answer for a connecting conn (ctx): tries every address
+ * in order. Takes ownership of ai. */
+void em__connect_on_resolved(em_loop *loop, void *ctx, struct addrinfo *ai,
+                             int err);
 /* Closes the connections whose connect failed synchronously. */
 void em__connect_run_failures(em_loop *loop);
 
@@ -220,7 +226,6 @@ struct em_server {
 /* ---- resolver (resolve.c) -------------------------------------------- */
 
 typedef struct em__resolver em__resolver;
-struct addrinfo;
 /* fn runs on the loop thread with the result (owned by the callee, free with
  * freeaddrinfo) or a negative errno; never after em__resolve_cancel. */
 typedef void (*em__resolve_fn)(em_loop *loop, void *ctx, struct addrinfo *ai,
@@ -232,6 +237,16 @@ void em__resolve_cancel(em_loop *loop, em__resolve_job *job);
 /* Wakeup hook: delivers finished jobs. */
 void em__resolver_deliver(em_loop *loop);
 void em__resolver_free(em_loop *loop);
+
+/* An outbound connect in progress (connect.c). */
+struct em__connect_req {
+    struct em__resolve_job *job;   /* name being resolved, or NULL */
+    struct addrinfo *addresses; /* owned, from the resolver */
+    struct addrinfo *next;      /* next address to try */
+    struct sockaddr_storage bind_addr;
+    socklen_t bind_len;         /* 0: do not bind */
+    int last_err;
+};
 
 /* ---- addresses (address.c) ------------------------------------------- */
 

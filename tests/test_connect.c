@@ -8,8 +8,10 @@
  * by filling a listener's accept queue, never by an unroutable address.
  */
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 
 #include "em.h"
 #include "helpers.h"
+#include "internal.h"
 
 /* ---- helpers --------------------------------------------------------- */
 
@@ -641,5 +644,69 @@ Test(connect, bad_arguments_are_einval, .timeout = TH_TIMEOUT(10))
     cr_assert_eq(em_is_connecting(NULL), 0);
     cr_assert_eq(em_get_pending_connect_timeout(NULL), 0.0);
     cr_assert_eq(em_set_pending_connect_timeout(NULL, 1.0), -EINVAL);
+    th_free_loop(loop);
+}
+
+/* ---- every resolved address, in order --------------------------------- */
+
+/* A one-address list for 127.0.0.1:port from getaddrinfo itself, so that
+ * chaining two with ai_next still frees correctly with freeaddrinfo. */
+static struct addrinfo *loopback_address(int port)
+{
+    struct addrinfo hints = {.ai_family = AF_INET,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+    char service[8];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo *ai = NULL;
+    cr_assert_eq(getaddrinfo("127.0.0.1", service, &hints, &ai), 0);
+    cr_assert_null(ai->ai_next);
+    return ai;
+}
+
+/* This machine's names resolve to one address each, so the resolver's
+ * answer is made by hand: a refused address first, the server second. The
+ * connect must fall through to the second and complete. */
+Test(connect, every_resolved_address_is_tried_in_order,
+     .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    th_echo s = {0};
+    em_server *server = th_start_server(loop, &th_echo_handler, &s);
+    struct cli c = {.loop = loop, .hello = "second address"};
+    em_conn *conn = cli_connect(&c, "name.invalid", th_listen_port(server));
+    cr_assert_not_null(conn->connect);
+
+    struct addrinfo *list = loopback_address(th_free_port());
+    list->ai_next = loopback_address(th_listen_port(server));
+    em__resolve_cancel(loop, conn->connect->job); /* stand in for it */
+    conn->connect->job = NULL;
+    em__connect_on_resolved(loop, conn, list, 0);
+
+    th_run_until(loop, &c.completed, 5.0);
+    th_run_until_size(loop, &c.got_len, strlen(c.hello), 5.0);
+    cr_assert_eq(memcmp(c.got, c.hello, strlen(c.hello)), 0);
+    cr_assert_eq(c.unbinds, 0);
+    cr_assert_eq(em_close_connection(conn, 0), 0);
+    th_run_until(loop, &c.unbinds, 5.0);
+    cr_assert_eq(c.reason, 0);
+    th_run_until(loop, &s.unbinds, 5.0);
+    th_stop_and_free(loop, server);
+}
+
+Test(connect, last_address_error_is_the_unbind_reason,
+     .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    struct cli c = {.loop = loop};
+    em_conn *conn = cli_connect(&c, "name.invalid", 9);
+    struct addrinfo *list = loopback_address(th_free_port());
+    list->ai_next = loopback_address(th_free_port());
+    em__resolve_cancel(loop, conn->connect->job);
+    conn->connect->job = NULL;
+    em__connect_on_resolved(loop, conn, list, 0);
+    th_run_until(loop, &c.unbinds, 5.0);
+    cr_assert_eq(c.reason, -ECONNREFUSED);
+    cr_assert_eq(c.completed, 0);
     th_free_loop(loop);
 }
