@@ -275,11 +275,12 @@ int em_close_connection(em_conn *conn, int after_writing);
 int em_close_write(em_conn *conn);
 
 /* Stops reading and writing on the connection until em_resume (pausing
- * inside receive_data takes effect before the next chunk). Returns 0/-EINVAL. */
+ * inside receive_data takes effect before the next chunk).
+ * Returns 0, -EINVAL or -ENOTCONN (closing). */
 int em_pause(em_conn *conn);
 
 /* Resumes a paused connection.
- * Returns 0 or -EINVAL. */
+ * Returns 0, -EINVAL or -ENOTCONN (closing). */
 int em_resume(em_conn *conn);
 
 /* Is the connection paused?
