@@ -40,15 +40,15 @@ static void fail_later(em_conn *conn, int err)
 {
     conn->connect->last_err = err;
     em__timeout_disarm(conn);
-    em__list_push_back(&conn->loop->failed_connects, &conn->timeout_link);
+    em__list_remove(&conn->link);
+    em__list_push_back(&conn->loop->failed_connects, &conn->link);
 }
 
 void em__connect_run_failures(em_loop *loop)
 {
     while (!em__list_empty(&loop->failed_connects)) {
-        em_conn *conn = em__container_of(loop->failed_connects.next, em_conn,
-                                         timeout_link);
-        em__list_remove(&conn->timeout_link);
+        em_conn *conn =
+            em__container_of(loop->failed_connects.next, em_conn, link);
         em__conn_close_now(conn, conn->connect->last_err);
     }
 }

@@ -479,10 +479,6 @@ int em_set_pending_connect_timeout(em_conn *conn, double seconds)
     conn->connect_timeout_ms = ms;
     if (!(conn->flags & EM__CONN_CONNECTING))
         return 0;
-    /* Already failed and parked on loop->failed_connects through the same
-     * link (no queue): re-arming would unlink it and lose the failure. */
-    if (em__list_linked(&conn->timeout_link) && !conn->timeout_queue)
-        return 0;
     /* Counted from now: the caller chose a new budget for the attempt. */
     return em__timeout_arm(conn, (uint64_t)ms * 1000000u);
 }

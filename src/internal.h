@@ -174,7 +174,7 @@ struct em_conn {
     const em__transport *transport;
     uint32_t flags;
     int close_reason;
-    em__link link;          /* loop->conns or loop->pending_unbind */
+    em__link link; /* loop->conns, ->failed_connects or ->pending_unbind */
     em__link timeout_link;  /* in a timeout queue */
     em__timeout_queue *timeout_queue;
     uint64_t last_activity_ns; /* last byte read or written */
@@ -299,7 +299,7 @@ struct em_loop {
     em__link pending_unbind; /* closed, unbind not yet run */
     em__link servers;
     em__link dead_servers;   /* stopped; freed after the current batch */
-    em__link failed_connects; /* em_conn.timeout_link; closed next turn */
+    em__link failed_connects; /* em_conn.link; closed next turn */
     size_t conn_count;
 
     em__timers *timers;

@@ -175,6 +175,15 @@ int em_loop_new(em_loop **out)
     return 0;
 }
 
+static void close_all(em__link *list)
+{
+    while (!em__list_empty(list)) {
+        em_conn *conn = em__container_of(list->next, em_conn, link);
+        int reason = conn->flags & EM__CONN_CONNECTING ? -ECANCELED : 0;
+        em__conn_close_now(conn, reason);
+    }
+}
+
 /* Closes every server and connection and runs every unbind. Callbacks may
  * open new connections meanwhile; those are closed too, so this ends. */
 static void shut_everything(em_loop *loop)
@@ -186,12 +195,10 @@ static void shut_everything(em_loop *loop)
         em_stop_server(server);
     }
     while (!em__list_empty(&loop->conns) ||
+           !em__list_empty(&loop->failed_connects) ||
            !em__list_empty(&loop->pending_unbind)) {
-        while (!em__list_empty(&loop->conns)) {
-            em_conn *conn = em__container_of(loop->conns.next, em_conn, link);
-            int reason = conn->flags & EM__CONN_CONNECTING ? -ECANCELED : 0;
-            em__conn_close_now(conn, reason);
-        }
+        close_all(&loop->conns);
+        close_all(&loop->failed_connects);
         em__conn_reap(loop);
     }
     em__conn_reap(loop);
@@ -204,6 +211,7 @@ int em_loop_free(em_loop *loop)
     if (loop->running)
         return -EBUSY;
     int busy = !em__list_empty(&loop->conns) ||
+               !em__list_empty(&loop->failed_connects) ||
                !em__list_empty(&loop->servers) ||
                !em__list_empty(&loop->pending_unbind);
     shut_everything(loop);
