@@ -39,29 +39,29 @@ static int conn_fd(const em_conn *conn)
     return conn->watcher.fd >= 0 ? conn->watcher.fd : -ENOTCONN;
 }
 
-int em_get_peername(const em_conn *conn, struct sockaddr *addr, socklen_t *len)
-{
-    int fd;
+typedef int (*name_getter)(int, struct sockaddr *, socklen_t *);
 
+/* getpeername/getsockname copy at most *len bytes and store the full
+ * length, which is the contract em.h promises. */
+static int conn_name(const em_conn *conn, name_getter get,
+                     struct sockaddr *addr, socklen_t *len)
+{
     if (conn == NULL || addr == NULL || len == NULL)
         return -EINVAL;
-    fd = conn_fd(conn);
+    int fd = conn_fd(conn);
     if (fd < 0)
         return fd;
-    /* getpeername copies at most *len bytes and stores the full length. */
-    return getpeername(fd, addr, len) == 0 ? 0 : -errno;
+    return get(fd, addr, len) == 0 ? 0 : -errno;
+}
+
+int em_get_peername(const em_conn *conn, struct sockaddr *addr, socklen_t *len)
+{
+    return conn_name(conn, getpeername, addr, len);
 }
 
 int em_get_sockname(const em_conn *conn, struct sockaddr *addr, socklen_t *len)
 {
-    int fd;
-
-    if (conn == NULL || addr == NULL || len == NULL)
-        return -EINVAL;
-    fd = conn_fd(conn);
-    if (fd < 0)
-        return fd;
-    return getsockname(fd, addr, len) == 0 ? 0 : -errno;
+    return conn_name(conn, getsockname, addr, len);
 }
 
 int em_server_sockname(const em_server *server, struct sockaddr *addr,
