@@ -166,9 +166,19 @@ typedef struct em_handler {
      * -ETIMEDOUT, -ECANCELED for a connect the loop abandoned, ...).
      * conn stays valid until this returns; em_reconnect may be called here. */
     void (*unbind)(em_conn *conn, int reason);
-    /* Slots for TLS, proxying and descriptor watching (later features). */
+    /* The TLS handshake finished (once, before any TLS receive_data). */
     void (*ssl_handshake_completed)(em_conn *conn);
-    int (*ssl_verify_peer)(em_conn *conn, const char *pem, size_t len);
+    /* With verification on (em_tls_options.verify_peer), called for every
+     * certificate of the peer's chain, root first (depth counts from the
+     * peer's own certificate, 0). pem is the certificate (NUL-terminated,
+     * valid during the call); preverified is OpenSSL's verdict for it (1
+     * good, 0 bad; em_tls_verify_error(conn) says why). Return nonzero to
+     * accept, 0 to reject (the handshake then fails). Returning preverified
+     * keeps OpenSSL's verdict; accepting a bad certificate is the caller's
+     * decision. NULL: OpenSSL's verdict decides. */
+    int (*ssl_verify_peer)(em_conn *conn, const char *pem, size_t len,
+                           int depth, int preverified);
+    /* Slots for proxying and descriptor watching (later features). */
     void (*proxy_target_unbound)(em_conn *conn);
     void (*proxy_completed)(em_conn *conn);
     void (*notify_readable)(em_conn *conn);
@@ -180,9 +190,9 @@ typedef struct em_handler {
 /* ------------------------------------------------------------------ */
 
 typedef struct em_server_opts {
-    int backlog;    /* listen() backlog; 0 = SOMAXCONN */
-    int reuseport;  /* nonzero: set SO_REUSEPORT (one reactor per core) */
-    int ipv6_only;  /* nonzero: IPV6_V6ONLY on IPv6 listeners */
+    int backlog;   /* listen() backlog; 0 = SOMAXCONN */
+    int reuseport; /* nonzero: set SO_REUSEPORT (one reactor per core) */
+    int ipv6_only; /* nonzero: IPV6_V6ONLY on IPv6 listeners */
 } em_server_opts;
 
 /* Listens on host:port (IPv4/IPv6 literal or name, resolved synchronously;
@@ -233,8 +243,8 @@ int em_bind_connect(em_loop *loop, const char *bind_host, int bind_port,
 
 /* Connects to a Unix-domain socket. Returns as em_connect; a missing or
  * dead socket ends in unbind(-ENOENT or -ECONNREFUSED). */
-int em_connect_unix(em_loop *loop, const char *path,
-                    const em_handler *handler, void *arg, em_conn **out);
+int em_connect_unix(em_loop *loop, const char *path, const em_handler *handler,
+                    void *arg, em_conn **out);
 
 /* Connects conn again to host:port, keeping its handler and state; only
  * inside its unbind callback (EventMachine's reconnect). post_init is not
@@ -318,13 +328,11 @@ int em_is_connecting(const em_conn *conn);
 
 /* The remote address. Copies at most *len bytes into addr, sets *len to the
  * full length. Returns 0, -EINVAL, -ENOTCONN. */
-int em_get_peername(const em_conn *conn, struct sockaddr *addr,
-                    socklen_t *len);
+int em_get_peername(const em_conn *conn, struct sockaddr *addr, socklen_t *len);
 
 /* The local address, as em_get_peername.
  * Returns 0, -EINVAL, -ENOTCONN. */
-int em_get_sockname(const em_conn *conn, struct sockaddr *addr,
-                    socklen_t *len);
+int em_get_sockname(const em_conn *conn, struct sockaddr *addr, socklen_t *len);
 
 /* getsockopt on the connection's socket. *len in/out as getsockopt.
  * Returns 0, -EINVAL, -ENOTCONN or the errno. */
@@ -347,6 +355,190 @@ int em_disable_keepalive(em_conn *conn);
 /* The socket's pending error (SO_ERROR) as a negative errno; EventMachine's
  * error?. Returns 0 when healthy, -ENOTCONN when there is no socket. */
 int em_conn_error(const em_conn *conn);
+
+/* ------------------------------------------------------------------ */
+/* TLS                                                                  */
+/* ------------------------------------------------------------------ */
+
+/*
+ * TLS (OpenSSL 3) runs on any stream connection as a transport under the
+ * normal API: receive_data gets plaintext, em_send_data takes plaintext,
+ * and close-after-writing, half-close, pause, timeouts, drained and the
+ * outbound size keep their meaning. See docs/tls.md.
+ *
+ * A zeroed em_tls_options is the secure default: TLS 1.2 and newer,
+ * OpenSSL's default cipher choice at security level 2, and a client that
+ * verifies the server's chain against the system CA store and the host
+ * name it connected to. EventMachine's permissive behaviour is expressible:
+ * verify_peer = EM_TLS_VERIFY_NONE, and ephemeral_cert for a server with no
+ * certificate.
+ *
+ * Contexts (SSL_CTX) are cached per loop, one per distinct configuration:
+ * only the first em_start_tls with a configuration reads key files; later
+ * ones share the context, its session cache and its ticket keys.
+ */
+
+/* Protocol versions, as bits for em_tls_options.protocols and as values
+ * for min_version / max_version. */
+enum {
+    EM_TLS_SSLv2 = 1 << 0, /* recognised, never supported */
+    EM_TLS_SSLv3 = 1 << 1, /* recognised, never supported */
+    EM_TLS_TLSv1 = 1 << 2,
+    EM_TLS_TLSv1_1 = 1 << 3,
+    EM_TLS_TLSv1_2 = 1 << 4,
+    EM_TLS_TLSv1_3 = 1 << 5,
+};
+
+/* em_tls_options.verify_peer */
+enum {
+    /* Client: verify the chain and the host name. Server: ask nothing. */
+    EM_TLS_VERIFY_DEFAULT = 0,
+    /* Verify nothing (EventMachine's default). */
+    EM_TLS_VERIFY_NONE = 1,
+    /* Client: as DEFAULT. Server: ask for a client certificate and verify
+     * it when sent (fail_if_no_peer_cert makes it mandatory). */
+    EM_TLS_VERIFY_PEER = 2,
+};
+
+/* em_tls_options.role */
+enum {
+    EM_TLS_ROLE_AUTO = 0, /* accepted: server; em_connect'ed: client */
+    EM_TLS_ROLE_CLIENT = 1,
+    EM_TLS_ROLE_SERVER = 2,
+};
+
+/* A server certificate chosen when a client's SNI name matches hostname
+ * ("www.example.com", or "*.example.com" for one label). The same fields as
+ * the main certificate in em_tls_options. */
+typedef struct em_tls_sni_cert {
+    const char *hostname;
+    const char *cert_chain_file;
+    const char *private_key_file;
+    const char *cert_chain_pem;
+    const char *private_key_pem;
+    const char *private_key_pass;
+} em_tls_sni_cert;
+
+/* Every field may be left zero. Strings are read during em_start_tls only
+ * (the library keeps its own copies). */
+typedef struct em_tls_options {
+    int role; /* EM_TLS_ROLE_* */
+
+    /* Our certificate: PEM files or in-memory PEM strings (the file wins
+     * when both are set). The chain file holds the certificate, then its
+     * intermediates. A server needs one (or ephemeral_cert); a client sends
+     * one when the server asks. */
+    const char *cert_chain_file;
+    const char *private_key_file;
+    const char *cert_chain_pem;
+    const char *private_key_pem;
+    const char *private_key_pass; /* for an encrypted private key */
+    /* Server without a certificate: use a self-signed one generated at run
+     * time (P-256, once per loop). For EventMachine compatibility only:
+     * clients cannot authenticate it. */
+    int ephemeral_cert;
+    /* Extra server certificates chosen by the client's SNI name. */
+    const em_tls_sni_cert *sni_certs;
+    size_t sni_cert_count;
+
+    /* Verification. */
+    int verify_peer;          /* EM_TLS_VERIFY_* */
+    int fail_if_no_peer_cert; /* server: no client certificate fails */
+    const char *ca_file;      /* PEM bundle; default: the system store */
+    const char *ca_path;      /* hashed directory (c_rehash) */
+    /* Client: the name sent as SNI. Default: the host given to em_connect
+     * when it is a name (never an IP literal). */
+    const char *sni_hostname;
+    /* Client: the name (or IP literal) the certificate must match. Default:
+     * sni_hostname, else the host given to em_connect. */
+    const char *verify_hostname;
+    /* Client: verify the chain but not the name (e.g. pinned by the
+     * ssl_verify_peer callback instead). */
+    int skip_hostname_check;
+
+    /* Algorithms and versions. */
+    const char *cipher_list;  /* TLS <= 1.2, OpenSSL syntax */
+    const char *ciphersuites; /* TLS 1.3, OpenSSL syntax */
+    /* EventMachine's version list: EM_TLS_TLSv1_2 | EM_TLS_TLSv1_3, ...
+     * (0 = use min/max). Versions below TLS 1.2 need an explicit request
+     * and lower OpenSSL's security level to allow them. */
+    unsigned protocols;
+    int min_version;          /* one EM_TLS_TLSv1* value; 0 = TLS 1.2 */
+    int max_version;          /* one EM_TLS_TLSv1* value; 0 = newest */
+    const char *ecdh_curve;   /* group list, "prime256v1" or "X25519:P-256" */
+    const char *dhparam_file; /* PEM DH parameters (default: built-in) */
+    /* ALPN, comma-separated in preference order ("h2,http/1.1"). A server
+     * picks its first protocol the client offers and fails the handshake
+     * (no_application_protocol) when there is none in common. */
+    const char *alpn_protocols;
+    int no_session_resumption; /* no tickets, no session cache */
+
+    /* STARTTLS: bytes already read from the connection that belong to the
+     * TLS stream (what followed the STARTTLS line in the same chunk). The
+     * handshake consumes them first. Copied. */
+    const void *preread;
+    size_t preread_len;
+} em_tls_options;
+
+/* Starts TLS on a stream connection (TCP or Unix, accepted or outbound),
+ * now or after a plain-text exchange (STARTTLS). Bytes already queued are
+ * sent in clear first; everything sent after this call is encrypted. On a
+ * connecting connection the handshake starts once connected; otherwise on
+ * the next turn. ssl_handshake_completed follows; a failed handshake ends
+ * in unbind(-EPROTO) (-ECONNABORTED when the peer closed mid-handshake,
+ * -ECONNRESET when it reset), with the reason in em_tls_error(conn).
+ * opts may be NULL (all defaults). Returns 0 or, leaving the connection
+ * as it was (plain and usable): -EINVAL (bad option, unknown cipher or
+ * curve, key not matching the certificate, min above max), -ENOENT /
+ * -EACCES (a file), -EBADMSG (not PEM), -EKEYREJECTED (wrong passphrase),
+ * -ENOKEY (server without certificate), -EPROTONOSUPPORT (SSLv2/SSLv3),
+ * -EALREADY (TLS already started), -ENOTCONN (closing), -ENOMEM.
+ * em_tls_error(conn) then has OpenSSL's text. Loop thread. */
+int em_start_tls(em_conn *conn, const em_tls_options *opts);
+
+/* Is TLS started on conn (handshake done or not)? Returns 1 or 0. */
+int em_is_tls(const em_conn *conn);
+
+/* Has the handshake completed? Returns 1 or 0. */
+int em_tls_handshake_done(const em_conn *conn);
+
+/* The peer's certificate as PEM. Copies at most size-1 bytes and a NUL
+ * into buf (buf may be NULL when size is 0). Returns the PEM's full length
+ * (call again with a bigger buffer when >= size), -EINVAL, -ENOTCONN (no
+ * TLS or handshake not done) or -ENOENT (the peer sent no certificate). */
+int em_get_peer_cert(const em_conn *conn, char *buf, size_t size);
+
+/* The negotiated cipher ("TLS_AES_256_GCM_SHA384"), protocol ("TLSv1.3"),
+ * ALPN protocol, and the SNI name (server: what the client asked for;
+ * client: what it sent). Each returns a NUL-terminated string owned by the
+ * connection, valid until its unbind returns, or NULL when there is none
+ * (no TLS, handshake not done, nothing negotiated). */
+const char *em_tls_cipher(const em_conn *conn);
+const char *em_tls_protocol(const em_conn *conn);
+const char *em_tls_alpn(const em_conn *conn);
+const char *em_tls_sni(const em_conn *conn);
+
+/* Secret bits of the negotiated cipher (e.g. 256). Returns them, or
+ * -ENOTCONN before the handshake, -EINVAL without TLS. */
+int em_tls_cipher_bits(const em_conn *conn);
+
+/* Did the handshake resume an earlier session? Returns 1 or 0. */
+int em_tls_session_reused(const em_conn *conn);
+
+/* Why TLS failed, as text (OpenSSL's reason, or the certificate check's),
+ * or "" when nothing failed. Owned by the connection, valid until its
+ * unbind returns; readable inside unbind. Never NULL. */
+const char *em_tls_error(const em_conn *conn);
+
+/* OpenSSL's certificate-verification result for the peer (X509_V_OK = 0
+ * when verified or not checked). Returns it, or -EINVAL without TLS. */
+long em_tls_verify_error(const em_conn *conn);
+
+/* Drops the loop's cached TLS contexts that no connection uses, so the next
+ * em_start_tls re-reads certificate and key files (after a renewal).
+ * Contexts in use stay until their last connection ends. Returns the number
+ * dropped, or -EINVAL. Loop thread. */
+int em_tls_flush_contexts(em_loop *loop);
 
 #ifdef __cplusplus
 }

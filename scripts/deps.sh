@@ -2,7 +2,7 @@
 # deps.sh - make sure the Debian packages libem's build needs are installed.
 #
 #   scripts/deps.sh              build + test: cmake gcc make pkg-config
-#                                libcriterion-dev
+#                                libcriterion-dev libssl-dev openssl
 #   scripts/deps.sh --bench      also what bench/ compares against and uses
 #   scripts/deps.sh --valgrind   also valgrind
 #
@@ -11,13 +11,13 @@
 # root. Never prompts.
 set -euo pipefail
 
-packages=(cmake gcc make pkg-config libcriterion-dev)
+packages=(cmake gcc make pkg-config libcriterion-dev libssl-dev openssl)
 
 for arg in "$@"; do
     case "$arg" in
     --bench)
         packages+=(libuv1-dev libevent-dev libev-dev gnuplot-nox strace
-                   linux-perf)
+                   linux-perf nginx-light)
         ;;
     --valgrind)
         packages+=(valgrind)

@@ -63,14 +63,13 @@ static void drop_socket(em_conn *conn)
 }
 
 /* Starts a non-blocking connect to one address. Returns 0 when under way. */
-static int try_address(em_conn *conn, const struct sockaddr *sa,
-                       socklen_t len)
+static int try_address(em_conn *conn, const struct sockaddr *sa, socklen_t len)
 {
     struct em__connect_req *req = conn->connect;
     if (req->bind_len && req->bind_addr.ss_family != sa->sa_family)
         return -EAFNOSUPPORT;
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    0);
+    int fd =
+        socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     if (req->bind_len &&
@@ -169,8 +168,8 @@ static void begin(em_conn *conn, const char *host, int port, const char *path)
     socklen_t len;
     int err;
     if (conn->connect_timeout_ms &&
-        em__timeout_arm(conn, (uint64_t)conn->connect_timeout_ms * 1000000u)
-            < 0) {
+        em__timeout_arm(conn, (uint64_t)conn->connect_timeout_ms * 1000000u) <
+            0) {
         fail_later(conn, -ENOMEM);
         return;
     }
@@ -214,10 +213,13 @@ static int start(em_loop *loop, const char *bind_host, int bind_port,
     if (!conn)
         return -ENOMEM;
     int err = new_request(conn, bind_host, bind_port);
+    if (err == 0 && host && !(conn->remote_host = strdup(host)))
+        err = -ENOMEM;
     if (err < 0) {
+        em__connect_free(conn);
         em__list_remove(&conn->link);
         loop->conn_count--;
-        free(conn);
+        em__conn_free(conn);
         return err;
     }
     if (out)
@@ -243,8 +245,8 @@ int em_bind_connect(em_loop *loop, const char *bind_host, int bind_port,
                  out);
 }
 
-int em_connect_unix(em_loop *loop, const char *path,
-                    const em_handler *handler, void *arg, em_conn **out)
+int em_connect_unix(em_loop *loop, const char *path, const em_handler *handler,
+                    void *arg, em_conn **out)
 {
     if (!path)
         return -EINVAL;
@@ -262,11 +264,18 @@ int em_reconnect(em_conn *conn, const char *host, int port)
     em_loop *loop = conn->loop;
     if (loop->stopping || em_is_stopping(loop))
         return -ECANCELED;
+    char *remote_host = strdup(host);
+    if (!remote_host)
+        return -ENOMEM;
     int err = new_request(conn, NULL, 0);
-    if (err < 0)
+    if (err < 0) {
+        free(remote_host);
         return err;
-    conn->flags = EM__CONN_OUTBOUND | EM__CONN_CONNECTING |
-                  EM__CONN_IN_UNBIND | EM__CONN_RECONNECTED;
+    }
+    free(conn->remote_host);
+    conn->remote_host = remote_host;
+    conn->flags = EM__CONN_OUTBOUND | EM__CONN_CONNECTING | EM__CONN_IN_UNBIND |
+                  EM__CONN_RECONNECTED;
     conn->close_reason = 0;
     conn->last_activity_ns = loop->now_ns;
     em__list_push_back(&loop->conns, &conn->link);

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "internal.h"
 
@@ -64,13 +65,14 @@ static unsigned wanted_interest(const em_conn *conn)
         interest |= EM__IN;
     if (conn->out.bytes > 0)
         interest |= EM__OUT;
+    if (conn->tls)
+        return em__tls_interest(conn, interest);
     return interest;
 }
 
 void em__conn_update_interest(em_conn *conn)
 {
-    int err = em__poller_set(conn->loop, &conn->watcher,
-                             wanted_interest(conn));
+    int err = em__poller_set(conn->loop, &conn->watcher, wanted_interest(conn));
     if (err < 0)
         em__conn_close_now(conn, err);
 }
@@ -94,10 +96,12 @@ void em__conn_close_now(em_conn *conn, int reason)
  * discards what is readable first; a bounded effort, not a lingering close. */
 static void discard_unread_input(em_conn *conn)
 {
+    /* Raw bytes, past any transport: under TLS they would only be
+     * decrypted to be thrown away. */
     em_loop *loop = conn->loop;
     for (int i = 0; i < 16; i++) {
-        ssize_t n = conn->transport->read(conn, loop->read_buf,
-                                          sizeof(loop->read_buf));
+        ssize_t n = recv(conn->watcher.fd, loop->read_buf,
+                         sizeof(loop->read_buf), MSG_DONTWAIT);
         if (n < (ssize_t)sizeof(loop->read_buf))
             return;
     }
@@ -126,11 +130,19 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
     if (conn->handler->unbind)
         conn->handler->unbind(conn, conn->close_reason);
     conn->flags &= ~EM__CONN_IN_UNBIND;
+    if (conn->tls)
+        em__tls_free(conn); /* after unbind: its getters work there */
     if (conn->flags & EM__CONN_RECONNECTED) {
         conn->flags &= ~EM__CONN_RECONNECTED;
         return; /* em_reconnect linked it into loop->conns again */
     }
     loop->conn_count--;
+    em__conn_free(conn);
+}
+
+void em__conn_free(em_conn *conn)
+{
+    free(conn->remote_host);
     free(conn);
 }
 
@@ -163,6 +175,11 @@ static inline void touch(em_conn *conn)
     conn->last_activity_ns = conn->loop->now_ns;
     if (conn->timeout_queue)
         em__timeout_requeue(conn);
+}
+
+void em__conn_touch(em_conn *conn)
+{
+    touch(conn);
 }
 
 /* The queue just became empty: finish what waited for that. */
@@ -209,7 +226,7 @@ void em__conn_flush(em_conn *conn)
         em__conn_update_interest(conn);
 }
 
-#define SEND_REFUSED                                                          \
+#define SEND_REFUSED                                                           \
     (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING |    \
      EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT)
 
@@ -219,8 +236,7 @@ static int send_refusal(const em_conn *conn)
         return -ENOTCONN;
     /* close_connection(conn, 1) gives -EPIPE even once the close is done. */
     if (conn->flags & EM__CONN_CLOSING)
-        return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE
-                                                          : -ENOTCONN;
+        return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE : -ENOTCONN;
     return -EPIPE;
 }
 
@@ -288,12 +304,12 @@ static int can_read(const em_conn *conn)
                             EM__CONN_READ_EOF | EM__CONN_CONNECTING));
 }
 
-static void read_some(em_conn *conn)
+void em__conn_read(em_conn *conn)
 {
     em_loop *loop = conn->loop;
     for (int i = 0; i < EM__READS_PER_WAKEUP && can_read(conn); i++) {
-        ssize_t n = conn->transport->read(conn, loop->read_buf,
-                                          sizeof(loop->read_buf));
+        ssize_t n =
+            conn->transport->read(conn, loop->read_buf, sizeof(loop->read_buf));
         if (n == -EAGAIN)
             return;
         if (n < 0) {
@@ -323,7 +339,7 @@ void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents)
         return;
     }
     if (revents & (EM__IN | EM__ERR))
-        read_some(conn);
+        em__conn_read(conn);
     if ((revents & (EM__OUT | EM__ERR)) && !is_closing(conn) &&
         !(conn->flags & EM__CONN_PAUSED) && conn->out.bytes > 0)
         em__conn_flush(conn);
@@ -349,11 +365,13 @@ void em__conn_established(em_conn *conn)
     if (conn->out.bytes > 0 && !(conn->flags & EM__CONN_PAUSED))
         em__conn_flush(conn);
     else if (conn->out.bytes == 0 &&
-             conn->flags & (EM__CONN_CLOSE_AFTER_WRITING |
-                            EM__CONN_SHUT_PENDING))
+             conn->flags &
+                 (EM__CONN_CLOSE_AFTER_WRITING | EM__CONN_SHUT_PENDING))
         queue_drained(conn);
     if (!is_closing(conn))
         em__conn_update_interest(conn);
+    if (conn->tls && !is_closing(conn))
+        em__tls_schedule(conn); /* the handshake starts now */
 }
 
 /* ---- public control -------------------------------------------------- */
@@ -408,6 +426,8 @@ int em_resume(em_conn *conn)
         return -ENOTCONN;
     conn->flags &= ~EM__CONN_PAUSED;
     em__conn_update_interest(conn);
+    if (conn->tls)
+        em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
     return 0;
 }
 

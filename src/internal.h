@@ -9,7 +9,9 @@
  *   timeouts.c   per-connection inactivity/connect timeouts (FIFO queues)
  *   connection.c connection life cycle, read path, close and unbind
  *   outbound.c   the outbound queue (chunks today, file ranges later)
- *   transport_socket.c  plain-socket transport (TLS slots in beside it)
+ *   transport_socket.c  plain-socket transport
+ *   tls.c        TLS transport: handshake, record I/O, getters, em_start_tls
+ *   tls_context.c  SSL_CTX cache per loop, options, certificates, sessions
  *   server.c     TCP and Unix listeners, accept
  *   connect.c    outbound connections, reconnect
  *   resolve.c    off-thread getaddrinfo
@@ -32,13 +34,13 @@
 
 struct addrinfo;
 
-#define EM__READ_CHUNK (64 * 1024)    /* one loop-owned read buffer */
-#define EM__READS_PER_WAKEUP 4        /* fairness bound per readable event */
-#define EM__ACCEPTS_PER_WAKEUP 64     /* fairness bound per listener event */
-#define EM__MAX_EVENTS 256            /* epoll_wait batch */
-#define EM__IOV_MAX 64                /* iovecs per writev */
+#define EM__READ_CHUNK (64 * 1024) /* one loop-owned read buffer */
+#define EM__READS_PER_WAKEUP 4     /* fairness bound per readable event */
+#define EM__ACCEPTS_PER_WAKEUP 64  /* fairness bound per listener event */
+#define EM__MAX_EVENTS 256         /* epoll_wait batch */
+#define EM__IOV_MAX 64             /* iovecs per writev */
 #define EM__DEFAULT_CONNECT_TIMEOUT_MS 20000
-#define EM__ACCEPT_RETRY_MS 100       /* listener pause after EMFILE */
+#define EM__ACCEPT_RETRY_MS 100 /* listener pause after EMFILE */
 
 /* ---- watchers and the poll backend ---------------------------------- */
 
@@ -50,8 +52,7 @@ enum { EM__IN = 0x001u, EM__OUT = 0x004u };
 typedef struct em__watcher em__watcher;
 /* revents: EM__IN / EM__OUT, plus EM__ERR when the backend saw HUP/ERR. */
 enum { EM__ERR = 0x018u };
-typedef void (*em__watcher_fn)(em_loop *loop, em__watcher *w,
-                               unsigned revents);
+typedef void (*em__watcher_fn)(em_loop *loop, em__watcher *w, unsigned revents);
 
 /* Anything with a descriptor the loop watches: sockets, listeners, the
  * wakeup eventfd; later pipes, datagrams, inotify, signalfd. */
@@ -123,6 +124,24 @@ typedef struct em__transport {
 
 extern const em__transport em__socket_transport;
 
+/* ---- TLS (tls.c, tls_context.c) -------------------------------------- */
+
+typedef struct em__tls em__tls;
+typedef struct em__tls_ctx em__tls_ctx;
+typedef struct em__tls_cache em__tls_cache;
+
+/* The TLS watcher callback (replaces em__conn_on_event once TLS starts). */
+void em__tls_on_event(em_loop *loop, em__watcher *w, unsigned revents);
+/* Poll interest for a TLS connection, given what the connection wants. */
+unsigned em__tls_interest(const em_conn *conn, unsigned wanted);
+/* Asks for a service pass next turn: handshake kick, buffered plaintext. */
+void em__tls_schedule(em_conn *conn);
+/* Runs the service passes queued by em__tls_schedule. */
+void em__tls_run_pending(em_loop *loop);
+/* Frees conn's TLS state after its unbind; conn becomes plain again. */
+void em__tls_free(em_conn *conn);
+void em__tls_cache_free(em_loop *loop);
+
 /* ---- outbound queue (outbound.c) ------------------------------------- */
 
 enum em__chunk_kind { EM__CHUNK_MEMORY = 0 };
@@ -155,13 +174,13 @@ enum em__conn_flag {
     EM__CONN_CONNECTING = 1u << 1, /* connect not yet completed */
     EM__CONN_PAUSED = 1u << 2,
     EM__CONN_CLOSE_AFTER_WRITING = 1u << 3,
-    EM__CONN_CLOSING = 1u << 4,    /* on pending_unbind, no more I/O */
+    EM__CONN_CLOSING = 1u << 4,      /* on pending_unbind, no more I/O */
     EM__CONN_SHUT_PENDING = 1u << 5, /* em_close_write: FIN after drain */
     EM__CONN_WRITE_SHUT = 1u << 6,   /* FIN sent */
     EM__CONN_READ_EOF = 1u << 7,     /* peer sent FIN */
     EM__CONN_IN_UNBIND = 1u << 8,
-    EM__CONN_RECONNECTED = 1u << 9,  /* em_reconnect called in unbind */
-    EM__CONN_WAS_QUEUED = 1u << 10,  /* queue non-empty: drained pending */
+    EM__CONN_RECONNECTED = 1u << 9, /* em_reconnect called in unbind */
+    EM__CONN_WAS_QUEUED = 1u << 10, /* queue non-empty: drained pending */
 };
 
 struct em__connect_req;
@@ -175,7 +194,7 @@ struct em_conn {
     uint32_t flags;
     int close_reason;
     em__link link; /* loop->conns, ->failed_connects or ->pending_unbind */
-    em__link timeout_link;  /* in a timeout queue */
+    em__link timeout_link; /* in a timeout queue */
     em__timeout_queue *timeout_queue;
     uint64_t last_activity_ns; /* last byte read or written */
     uint64_t timeout_base_ns;  /* the timeout counts from here */
@@ -183,6 +202,8 @@ struct em_conn {
     uint32_t connect_timeout_ms;
     em__outq out;
     struct em__connect_req *connect;
+    em__tls *tls;      /* NULL for plain connections */
+    char *remote_host; /* owned: the host given to em_connect (TLS name) */
     _Alignas(max_align_t) unsigned char state[];
 };
 
@@ -200,6 +221,12 @@ void em__conn_flush(em_conn *conn);
 /* Runs unbind for every connection marked closing. */
 void em__conn_reap(em_loop *loop);
 void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents);
+/* Reads and delivers a few chunks (the read half of em__conn_on_event). */
+void em__conn_read(em_conn *conn);
+/* Counts traffic: idle time restarts, an inactivity timeout re-arms. */
+void em__conn_touch(em_conn *conn);
+/* Frees a connection that will not be unbound (never handed out). */
+void em__conn_free(em_conn *conn);
 void em__connect_free(em_conn *conn);
 void em__connect_on_writable(em_conn *conn);
 /* The resolver's answer for a connecting conn (ctx): tries every address
@@ -216,11 +243,11 @@ struct em_server {
     em_loop *loop;
     const em_handler *handler;
     void *arg;
-    em__link link;       /* loop->servers, then loop->dead_servers */
+    em__link link; /* loop->servers, then loop->dead_servers */
     int port;
     int paused_for_emfile;
     em_timer_id retry_timer;
-    char *unix_path;     /* owned; NULL for TCP */
+    char *unix_path; /* owned; NULL for TCP */
 };
 
 /* ---- resolver (resolve.c) -------------------------------------------- */
@@ -240,11 +267,11 @@ void em__resolver_free(em_loop *loop);
 
 /* An outbound connect in progress (connect.c). */
 struct em__connect_req {
-    struct em__resolve_job *job;   /* name being resolved, or NULL */
-    struct addrinfo *addresses; /* owned, from the resolver */
-    struct addrinfo *next;      /* next address to try */
+    struct em__resolve_job *job; /* name being resolved, or NULL */
+    struct addrinfo *addresses;  /* owned, from the resolver */
+    struct addrinfo *next;       /* next address to try */
     struct sockaddr_storage bind_addr;
-    socklen_t bind_len;         /* 0: do not bind */
+    socklen_t bind_len; /* 0: do not bind */
     int last_err;
 };
 
@@ -284,27 +311,29 @@ struct em_loop {
 
     uint64_t now_ns;
     int running;
-    int stopping;          /* shutdown in progress */
+    int stopping; /* shutdown in progress */
     atomic_int stop_requested;
 
-    em__watcher wakeup;    /* eventfd: em_schedule, em_stop, resolver */
+    em__watcher wakeup; /* eventfd: em_schedule, em_stop, resolver */
     atomic_int wakeup_pending;
 
     pthread_mutex_t schedule_lock;
-    em__task_ring scheduled; /* guarded by schedule_lock */
+    em__task_ring scheduled;      /* guarded by schedule_lock */
     em__task_ring schedule_spare; /* loop thread only: next empty ring */
     em__task_ring ticks;
 
     em__link conns;          /* live connections */
     em__link pending_unbind; /* closed, unbind not yet run */
     em__link servers;
-    em__link dead_servers;   /* stopped; freed after the current batch */
+    em__link dead_servers;    /* stopped; freed after the current batch */
     em__link failed_connects; /* em_conn.link; closed next turn */
+    em__link tls_pending;     /* em__tls needing a pass without an event */
     size_t conn_count;
 
     em__timers *timers;
     em__timeouts timeouts;
     em__resolver *resolver;
+    em__tls_cache *tls_cache; /* created by the first em_start_tls */
 
     em_callback before_poll;
     em_callback after_poll;

@@ -126,6 +126,7 @@ static int loop_init(em_loop *loop)
     em__list_init(&loop->servers);
     em__list_init(&loop->dead_servers);
     em__list_init(&loop->failed_connects);
+    em__list_init(&loop->tls_pending);
     loop->now_ns = em__clock_ns();
 
     int err = em__poller_open(loop);
@@ -145,6 +146,8 @@ static void loop_release(em_loop *loop)
 {
     if (loop->resolver)
         em__resolver_free(loop);
+    if (loop->tls_cache)
+        em__tls_cache_free(loop);
     em__timers_free(loop->timers);
     em__timeouts_free(&loop->timeouts);
     em__ring_free(&loop->ticks);
@@ -237,7 +240,8 @@ static int poll_timeout(em_loop *loop, int timeout_ms)
 {
     if (loop->ticks.count || atomic_load(&loop->stop_requested) ||
         !em__list_empty(&loop->pending_unbind) ||
-        !em__list_empty(&loop->failed_connects))
+        !em__list_empty(&loop->failed_connects) ||
+        !em__list_empty(&loop->tls_pending))
         return 0;
     uint64_t next = em__timers_next(loop->timers);
     uint64_t next_timeout = em__timeouts_next(&loop->timeouts);
@@ -267,6 +271,8 @@ static void turn(em_loop *loop, int timeout_ms)
         loop->after_poll(loop, loop->poll_hook_arg);
     loop->now_ns = em__clock_ns();
     em__poller_dispatch(loop);
+    if (!em__list_empty(&loop->tls_pending))
+        em__tls_run_pending(loop);
     em__conn_reap(loop);
     em__timers_run(loop);
     em__timeouts_run(loop);

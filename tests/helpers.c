@@ -2,6 +2,7 @@
  * helpers.c - see helpers.h.
  */
 #include <dirent.h>
+#include <stdlib.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -464,4 +465,171 @@ size_t th_pump_pattern_eof(em_loop *loop, int fd, size_t offset, size_t limit,
         int rc = em_run_once(loop, 5);
         cr_assert_geq(rc, 0, "em_run_once: %s", em_strerror(rc));
     }
+}
+
+/* ---- TLS peers -------------------------------------------------------- */
+
+#ifndef TH_CERT_DIR
+#define TH_CERT_DIR "tests/certs"
+#endif
+
+static void th_tls_record_handshake(em_conn *conn, th_tls *t)
+{
+    const char *s;
+    t->handshakes++;
+    t->reused += em_tls_session_reused(conn);
+    t->bits = em_tls_cipher_bits(conn);
+    snprintf(t->protocol, sizeof(t->protocol), "%s",
+             (s = em_tls_protocol(conn)) ? s : "");
+    snprintf(t->cipher, sizeof(t->cipher), "%s",
+             (s = em_tls_cipher(conn)) ? s : "");
+    snprintf(t->alpn, sizeof(t->alpn), "%s", (s = em_tls_alpn(conn)) ? s : "");
+    snprintf(t->sni, sizeof(t->sni), "%s", (s = em_tls_sni(conn)) ? s : "");
+}
+
+static void th_tls_post_init(em_conn *conn, void *arg)
+{
+    th_tls *t = arg;
+    t->post_inits++;
+    t->conn = conn;
+    if (t->manual_start)
+        return;
+    t->start_err = em_start_tls(conn, &t->opts);
+    if (t->start_err < 0)
+        em_close_connection(conn, 0);
+}
+
+static void th_tls_completed(em_conn *conn)
+{
+    th_tls *t = em_conn_arg(conn);
+    t->completed++;
+}
+
+static void th_tls_handshake(em_conn *conn)
+{
+    th_tls *t = em_conn_arg(conn);
+    cr_assert(em_tls_handshake_done(conn));
+    th_tls_record_handshake(conn, t);
+    if (t->hello) {
+        int rc = em_send_data(conn, t->hello, strlen(t->hello));
+        cr_assert_eq(rc, 0, "send hello: %s", em_strerror(rc));
+    }
+}
+
+static void th_tls_receive(em_conn *conn, const char *data, size_t len)
+{
+    th_tls *t = em_conn_arg(conn);
+    t->chunks++;
+    unsigned char *got = realloc(t->got, t->got_len + len + 1);
+    cr_assert_not_null(got);
+    memcpy(got + t->got_len, data, len);
+    t->got = got;
+    t->got_len += len;
+    t->got[t->got_len] = '\0';
+    if (t->echo) {
+        int rc = em_send_data(conn, data, len);
+        cr_assert_eq(rc, 0, "echo: %s", em_strerror(rc));
+    }
+    if (t->close_after_hello_reply && t->hello &&
+        t->got_len >= strlen(t->hello))
+        em_close_connection(conn, 1);
+}
+
+static void th_tls_unbind(em_conn *conn, int reason)
+{
+    th_tls *t = em_conn_arg(conn);
+    t->unbinds++;
+    t->reason = reason;
+    snprintf(t->error, sizeof(t->error), "%s", em_tls_error(conn));
+    if (t->conn == conn)
+        t->conn = NULL;
+}
+
+static int th_tls_verify(em_conn *conn, const char *pem, size_t len, int depth,
+                         int preverified)
+{
+    th_tls *t = em_conn_arg(conn);
+    t->verify_calls++;
+    t->verify_preverified_ok += preverified;
+    if (depth > t->verify_max_depth)
+        t->verify_max_depth = depth;
+    if (t->verify_calls == 1)
+        t->pem_ok = 1;
+    if (len < 27 || strncmp(pem, "-----BEGIN CERTIFICATE-----", 27) != 0 ||
+        strlen(pem) != len)
+        t->pem_ok = 0;
+    return t->verify_answer < 0 ? preverified : t->verify_answer;
+}
+
+const em_handler th_tls_handler = {
+    .post_init = th_tls_post_init,
+    .connection_completed = th_tls_completed,
+    .receive_data = th_tls_receive,
+    .unbind = th_tls_unbind,
+    .ssl_handshake_completed = th_tls_handshake,
+    .ssl_verify_peer = th_tls_verify,
+};
+
+void th_tls_reset(th_tls *t)
+{
+    free(t->got);
+    memset(t, 0, sizeof(*t));
+    t->verify_answer = -1;
+}
+
+const char *th_cert(const char *name)
+{
+    static char slots[8][512];
+    static unsigned next;
+    char *buf = slots[next++ % 8];
+    snprintf(buf, sizeof(slots[0]), "%s/%s", TH_CERT_DIR, name);
+    return buf;
+}
+
+void th_tls_server_opts(em_tls_options *o, const char *name)
+{
+    char file[128];
+    snprintf(file, sizeof(file), "%s.pem", name);
+    o->cert_chain_file = th_cert(file);
+    snprintf(file, sizeof(file), "%s.key", name);
+    o->private_key_file = th_cert(file);
+}
+
+void th_tls_client_opts(em_tls_options *o)
+{
+    o->ca_file = th_cert("ca.pem");
+}
+
+void th_tls_run_handshake(em_loop *loop, th_tls *server, th_tls *client)
+{
+    double limit = TH_TIMEOUT(10);
+    double deadline = th_now() + limit;
+    while (!((server->handshakes || server->unbinds) &&
+             (client->handshakes || client->unbinds))) {
+        cr_assert_lt(th_now(), deadline,
+                     "no handshake after %.1f s (server %d/%d, client %d/%d)",
+                     limit, server->handshakes, server->unbinds,
+                     client->handshakes, client->unbinds);
+        th_turn(loop);
+    }
+}
+
+char *th_read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "open %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t len = 0;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        buf = realloc(buf, len + n + 1);
+        cr_assert_not_null(buf);
+        memcpy(buf + len, chunk, n);
+        len += n;
+    }
+    fclose(f);
+    cr_assert_not_null(buf, "%s is empty", path);
+    buf[len] = '\0';
+    return buf;
 }
