@@ -321,24 +321,33 @@ static ssize_t tls_writev(em_conn *conn, const struct iovec *iov, int count)
         return raw_write(conn, t, iov, count);
     if (!(t->flags & EM__TLS_OPEN))
         return -EAGAIN; /* queued until the handshake is done */
+    /* In partial-write mode SSL_write_ex returns after each record; keep
+     * going until the socket is full, so a big em_send_data is not copied
+     * into the queue 16 KiB at a time. A retry after WANT_WRITE starts
+     * with the same bytes, as OpenSSL requires: they are still the head
+     * of the outbound queue. */
     size_t total = 0;
     for (int i = 0; i < count; i++) {
-        size_t n = 0;
-        begin_op(t);
-        if (SSL_write_ex(t->ssl, iov[i].iov_base, iov[i].iov_len, &n)) {
-            total += n;
-            if (n < iov[i].iov_len)
-                break;
-            continue;
+        const char *p = iov[i].iov_base;
+        size_t left = iov[i].iov_len;
+        while (left > 0) {
+            size_t n = 0;
+            begin_op(t);
+            if (SSL_write_ex(t->ssl, p, left, &n)) {
+                total += n;
+                p += n;
+                left -= n;
+                continue;
+            }
+            int e = SSL_get_error(t->ssl, 0);
+            if (e == SSL_ERROR_WANT_READ)
+                t->flags |= EM__TLS_WRITE_WANTS_READ;
+            else if (e != SSL_ERROR_WANT_WRITE && total == 0)
+                return fatal(t, e);
+            return total > 0 ? (ssize_t)total : -EAGAIN;
         }
-        int e = SSL_get_error(t->ssl, 0);
-        if (e == SSL_ERROR_WANT_READ)
-            t->flags |= EM__TLS_WRITE_WANTS_READ;
-        else if (e != SSL_ERROR_WANT_WRITE && total == 0)
-            return fatal(t, e);
-        break;
     }
-    return total > 0 ? (ssize_t)total : -EAGAIN;
+    return (ssize_t)total;
 }
 
 static void send_close_notify(em__tls *t)
