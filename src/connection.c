@@ -182,12 +182,13 @@ void em__conn_touch(em_conn *conn)
     touch(conn);
 }
 
-/* The queue just became empty: finish what waited for that. */
-static void queue_drained(em_conn *conn)
+/* The queue is empty: a close after writing or a half-close may go ahead.
+ * Returns 1 when the connection closed. */
+static int finish_close_or_shutdown(em_conn *conn)
 {
     if (conn->flags & EM__CONN_CLOSE_AFTER_WRITING) {
         em__conn_close_now(conn, 0);
-        return;
+        return 1;
     }
     if (conn->flags & EM__CONN_SHUT_PENDING) {
         conn->flags &= ~EM__CONN_SHUT_PENDING;
@@ -195,9 +196,18 @@ static void queue_drained(em_conn *conn)
         int err = conn->transport->shutdown_write(conn);
         if (err < 0 && err != -ENOTCONN) {
             em__conn_close_now(conn, err);
-            return;
+            return 1;
         }
     }
+    return 0;
+}
+
+/* The queue just became empty: finish what waited for that. During a TLS
+ * handshake close_notify and FIN wait; its end flushes and comes back. */
+static void queue_drained(em_conn *conn)
+{
+    if (!(conn->flags & EM__CONN_HANDSHAKING) && finish_close_or_shutdown(conn))
+        return;
     if (conn->flags & EM__CONN_WAS_QUEUED) {
         conn->flags &= ~EM__CONN_WAS_QUEUED;
         if (conn->handler->drained)
@@ -242,7 +252,8 @@ static int send_refusal(const em_conn *conn)
 
 static int can_write_now(const em_conn *conn)
 {
-    return !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_PAUSED)) &&
+    return !(conn->flags &
+             (EM__CONN_CONNECTING | EM__CONN_PAUSED | EM__CONN_HANDSHAKING)) &&
            conn->out.bytes == 0;
 }
 
@@ -388,7 +399,8 @@ int em_close_connection(em_conn *conn, int after_writing)
         return 0;
     }
     conn->flags |= EM__CONN_CLOSE_AFTER_WRITING;
-    if (conn->out.bytes == 0 && !(conn->flags & EM__CONN_CONNECTING))
+    if (conn->out.bytes == 0 &&
+        !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_HANDSHAKING)))
         em__conn_close_now(conn, 0);
     return 0;
 }
@@ -402,7 +414,8 @@ int em_close_write(em_conn *conn)
     if (conn->flags & (EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT))
         return 0;
     conn->flags |= EM__CONN_SHUT_PENDING;
-    if (conn->out.bytes == 0 && !(conn->flags & EM__CONN_CONNECTING))
+    if (conn->out.bytes == 0 &&
+        !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_HANDSHAKING)))
         queue_drained(conn);
     return 0;
 }

@@ -179,8 +179,9 @@ enum em__conn_flag {
     EM__CONN_WRITE_SHUT = 1u << 6,   /* FIN sent */
     EM__CONN_READ_EOF = 1u << 7,     /* peer sent FIN */
     EM__CONN_IN_UNBIND = 1u << 8,
-    EM__CONN_RECONNECTED = 1u << 9, /* em_reconnect called in unbind */
-    EM__CONN_WAS_QUEUED = 1u << 10, /* queue non-empty: drained pending */
+    EM__CONN_RECONNECTED = 1u << 9,  /* em_reconnect called in unbind */
+    EM__CONN_WAS_QUEUED = 1u << 10,  /* queue non-empty: drained pending */
+    EM__CONN_HANDSHAKING = 1u << 11, /* TLS handshake: plaintext waits */
 };
 
 struct em__connect_req;

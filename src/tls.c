@@ -216,6 +216,7 @@ static void offer_session(em_conn *conn, em__tls *t)
 static void handshake_done(em_conn *conn, em__tls *t)
 {
     t->flags = (t->flags & ~EM__TLS_HANDSHAKING) | EM__TLS_OPEN;
+    conn->flags &= ~EM__CONN_HANDSHAKING;
     const unsigned char *alpn;
     unsigned alpn_len;
     SSL_get0_alpn_selected(t->ssl, &alpn, &alpn_len);
@@ -409,8 +410,14 @@ static void service(em_conn *conn, unsigned revents)
             em__conn_update_interest(conn);
             return;
         }
-        /* Read what came with the last flight; send what waited for it. */
-        revents |= EM__IN | EM__OUT;
+        /* Send what waited for the handshake, or finish a close or
+         * half-close asked for meanwhile; read what came with the last
+         * flight. */
+        if (!(conn->flags & EM__CONN_PAUSED))
+            em__conn_flush(conn);
+        if (is_closing(conn))
+            return;
+        revents |= EM__IN;
     }
     if ((revents & (EM__IN | EM__ERR)) ||
         ((t->flags & EM__TLS_READ_WANTS_WRITE) && (revents & EM__OUT))) {
@@ -654,6 +661,7 @@ int em_start_tls(em_conn *conn, const em_tls_options *opts)
     }
     t->raw_prefix = conn->out.bytes;
     t->flags = EM__TLS_HANDSHAKING;
+    conn->flags |= EM__CONN_HANDSHAKING;
     conn->transport = &tls_transport;
     conn->watcher.on_event = em__tls_on_event;
     if (!(conn->flags & EM__CONN_CONNECTING)) {

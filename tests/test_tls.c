@@ -768,3 +768,61 @@ Test(tls, reconnect_starts_plain_and_resumes, .timeout = TH_TIMEOUT(10))
     th_stop_and_free(loop, srv);
     th_tls_reset(&server);
 }
+
+/* Sending and closing before the handshake has even begun: the data waits
+ * for the handshake, then goes out encrypted, then close_notify / FIN. */
+typedef struct early {
+    th_tls tls;
+    int half; /* em_close_write instead of em_close_connection(conn, 1) */
+} early;
+
+static void early_post_init(em_conn *conn, void *arg)
+{
+    early *e = arg;
+    e->tls.conn = conn;
+    cr_assert_eq(em_start_tls(conn, &e->tls.opts), 0);
+    cr_assert_eq(em_send_data(conn, "early", 5), 0);
+    if (e->half)
+        cr_assert_eq(em_close_write(conn), 0);
+    else
+        cr_assert_eq(em_close_connection(conn, 1), 0);
+    cr_assert_eq(em_get_outbound_data_size(conn), 5);
+}
+
+static void early_handshake(em_conn *conn)
+{
+    early *e = em_conn_arg(conn);
+    e->tls.handshakes++;
+}
+
+Test(tls, send_and_close_before_the_handshake, .timeout = TH_TIMEOUT(10))
+{
+    em_handler client_h = {.post_init = early_post_init,
+                           .ssl_handshake_completed = early_handshake,
+                           .receive_data = half_receive,
+                           .unbind = half_unbind};
+    for (int half = 0; half < 2; half++) {
+        em_loop *loop = th_loop();
+        th_tls server = TH_TLS_INIT;
+        early client = {.tls = TH_TLS_INIT, .half = half};
+        th_tls_server_opts(&server.opts, "server");
+        th_tls_client_opts(&client.tls.opts);
+        server.echo = half; /* a fully closed client cannot take an echo */
+        em_server *srv = tls_server(loop, &server);
+        cr_assert_eq(em_connect(loop, "localhost", th_listen_port(srv),
+                                &client_h, &client, NULL),
+                     0);
+        th_run_until_count(loop, &server.unbinds, 1, 5);
+        cr_assert_eq(client.tls.handshakes, 1);
+        cr_assert_eq(server.got_len, 5);
+        cr_assert_str_eq((char *)server.got, "early");
+        cr_assert_eq(server.reason, 0, "%s", server.error);
+        th_run_until_count(loop, &client.tls.unbinds, 1, 5);
+        cr_assert_eq(client.tls.reason, 0, "%s", client.tls.error);
+        if (half) /* the echo came back after our half-close */
+            cr_assert_str_eq((char *)client.tls.got, "early");
+        th_stop_and_free(loop, srv);
+        th_tls_reset(&server);
+        th_tls_reset(&client.tls);
+    }
+}
