@@ -493,7 +493,8 @@ typedef struct em_tls_options {
  * -EACCES (a file), -EBADMSG (not PEM), -EKEYREJECTED (wrong passphrase),
  * -ENOKEY (server without certificate), -EPROTONOSUPPORT (SSLv2/SSLv3),
  * -EALREADY (TLS already started), -ENOTCONN (closing), -ENOMEM.
- * em_tls_error(conn) then has OpenSSL's text. Loop thread. */
+ * For a bad option em_tls_error(conn) then says why (OpenSSL's reason when
+ * it gave one). Loop thread. */
 int em_start_tls(em_conn *conn, const em_tls_options *opts);
 
 /* Is TLS started on conn (handshake done or not)? Returns 1 or 0. */
