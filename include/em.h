@@ -169,8 +169,10 @@ typedef struct em_handler {
     /* The TLS handshake finished (once, before any TLS receive_data). */
     void (*ssl_handshake_completed)(em_conn *conn);
     /* With verification on (em_tls_options.verify_peer), called for every
-     * certificate of the peer's chain, root first (depth counts from the
-     * peer's own certificate, 0). pem is the certificate (NUL-terminated,
+     * certificate of the peer's chain, from the root down to the peer's own
+     * certificate (depth 0); a certificate may come again when it has an
+     * error (a host-name mismatch is reported at depth 0 first, an error
+     * the callback accepted once more). pem is the certificate (NUL-terminated,
      * valid during the call); preverified is OpenSSL's verdict for it (1
      * good, 0 bad; em_tls_verify_error(conn) says why). Return nonzero to
      * accept, 0 to reject (the handshake then fails). Returning preverified

@@ -504,6 +504,9 @@ int em__tls_verify_callback(int preverified, X509_STORE_CTX *store)
     em__tls *t = conn->tls;
     int depth = X509_STORE_CTX_get_error_depth(store);
     int ok = preverified;
+    /* OpenSSL records the result only when the whole chain is done; the
+     * callback's em_tls_verify_error must already say why. */
+    SSL_set_verify_result(ssl, X509_STORE_CTX_get_error(store));
     if (conn->handler->ssl_verify_peer && !is_closing(conn)) {
         BIO *mem = BIO_new(BIO_s_mem());
         BUF_MEM *pem = NULL;
@@ -784,5 +787,9 @@ long em_tls_verify_error(const em_conn *conn)
 {
     if (!em_is_tls(conn))
         return -EINVAL;
+    /* Without verification OpenSSL still walks the chain (with no CA) and
+     * records a failure nobody asked about. */
+    if (!conn->tls->ctx->verifies)
+        return X509_V_OK;
     return SSL_get_verify_result(conn->tls->ssl);
 }

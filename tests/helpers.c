@@ -579,11 +579,17 @@ void th_tls_reset(th_tls *t)
 
 const char *th_cert(const char *name)
 {
-    static char slots[8][512];
-    static unsigned next;
-    char *buf = slots[next++ % 8];
-    snprintf(buf, sizeof(slots[0]), "%s/%s", TH_CERT_DIR, name);
-    return buf;
+    static char paths[64][256];
+    static char names[64][64];
+    static unsigned used;
+    for (unsigned i = 0; i < used; i++)
+        if (strcmp(names[i], name) == 0)
+            return paths[i];
+    cr_assert_lt(used, 64, "th_cert: too many distinct names");
+    cr_assert_lt(strlen(name), sizeof(names[0]));
+    snprintf(names[used], sizeof(names[0]), "%s", name);
+    snprintf(paths[used], sizeof(paths[0]), "%s/%s", TH_CERT_DIR, name);
+    return paths[used++];
 }
 
 void th_tls_server_opts(em_tls_options *o, const char *name)

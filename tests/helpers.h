@@ -25,71 +25,6 @@
  * th_run_until / th_pump_* scale their max_seconds by the same factor. */
 #ifndef TH_TIMEOUT_SCALE
 #define TH_TIMEOUT_SCALE 1
-/* ---- TLS peers ---------------------------------------------------------
- * th_tls_handler, with a th_tls as the arg of em_start_server / em_connect,
- * starts TLS in post_init with the th_tls's options (unless manual_start),
- * records every callback and what the getters said at the handshake, keeps
- * what arrives (bounded by got_cap, growing got), echoes it when echo is
- * set, and sends `hello` once the handshake completes. Several connections
- * may share one th_tls: counters add up, strings are the latest. The
- * certificates made by tests/tls_certgen.c live in TH_CERT_DIR. */
-typedef struct th_tls {
-    em_tls_options opts;
-    int manual_start; /* do not start TLS in post_init */
-    int echo;
-    const char *hello;
-    int close_after_hello_reply; /* close once got_len >= strlen(hello) */
-    int verify_answer; /* ssl_verify_peer: -1 keep OpenSSL's verdict */
-
-    int post_inits;
-    int start_err; /* em_start_tls's result in post_init */
-    int completed; /* connection_completed */
-    int handshakes;
-    int unbinds;
-    int reason; /* latest unbind */
-    int verify_calls;
-    int verify_preverified_ok; /* calls with preverified == 1 */
-    int verify_max_depth;
-    int pem_ok; /* every pem began with BEGIN CERTIFICATE */
-    int reused; /* handshakes that resumed */
-    int bits;
-    char error[256]; /* em_tls_error at the latest unbind */
-    char protocol[32];
-    char cipher[64];
-    char alpn[64];
-    char sni[128];
-    unsigned char *got; /* malloc'd; th_tls_reset frees */
-    size_t got_len;
-    size_t chunks;
-    em_conn *conn; /* latest connection, NULL after its unbind */
-} th_tls;
-
-extern const em_handler th_tls_handler;
-
-/* A fresh th_tls: zero, keeping OpenSSL's verdict in ssl_verify_peer. */
-#define TH_TLS_INIT                                                            \
-    {                                                                          \
-        .verify_answer = -1                                                    \
-    }
-
-/* Frees t->got and makes t TH_TLS_INIT again. */
-void th_tls_reset(th_tls *t);
-
-/* TH_CERT_DIR "/" name, in a static buffer per call slot (8 slots). */
-const char *th_cert(const char *name);
-
-/* Server options: cert_chain_file/private_key_file = <name>.pem/.key. */
-void th_tls_server_opts(em_tls_options *o, const char *name);
-
-/* Client options that trust the test CA (ca_file = ca.pem). */
-void th_tls_client_opts(em_tls_options *o);
-
-/* Runs the loop until both sides' handshakes (or unbinds) happened. */
-void th_tls_run_handshake(em_loop *loop, th_tls *server, th_tls *client);
-
-/* Reads a whole file into a malloc'd NUL-terminated string. */
-char *th_read_file(const char *path);
-
 #endif
 #define TH_TIMEOUT(seconds) (TH_TIMEOUT_SCALE * (seconds))
 
@@ -307,7 +242,8 @@ extern const em_handler th_tls_handler;
 /* Frees t->got and makes t TH_TLS_INIT again. */
 void th_tls_reset(th_tls *t);
 
-/* TH_CERT_DIR "/" name, in a static buffer per call slot (8 slots). */
+/* TH_CERT_DIR "/" name. The string stays valid for the whole process (one
+ * per distinct name), so options may keep it. */
 const char *th_cert(const char *name);
 
 /* Server options: cert_chain_file/private_key_file = <name>.pem/.key. */
