@@ -3,6 +3,7 @@
 #
 #   scripts/deps.sh              build + test: cmake gcc make pkg-config
 #                                libcriterion-dev libssl-dev openssl
+#                                nginx-light (TLS interop tests)
 #   scripts/deps.sh --bench      also what bench/ compares against and uses
 #   scripts/deps.sh --valgrind   also valgrind
 #
@@ -11,13 +12,14 @@
 # root. Never prompts.
 set -euo pipefail
 
-packages=(cmake gcc make pkg-config libcriterion-dev libssl-dev openssl)
+packages=(cmake gcc make pkg-config libcriterion-dev libssl-dev openssl
+          nginx-light)
 
 for arg in "$@"; do
     case "$arg" in
     --bench)
         packages+=(libuv1-dev libevent-dev libev-dev gnuplot-nox strace
-                   linux-perf nginx-light)
+                   linux-perf)
         ;;
     --valgrind)
         packages+=(valgrind)
