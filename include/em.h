@@ -544,6 +544,94 @@ long em_tls_verify_error(const em_conn *conn);
  * dropped, or -EINVAL. Loop thread. */
 int em_tls_flush_contexts(em_loop *loop);
 
+/* ------------------------------------------------------------------ */
+/* Flow control                                                         */
+/* ------------------------------------------------------------------ */
+
+/* Stops reading from conn; writing goes on (em_pause stops both, as in
+ * EventMachine). Bytes the peer sends wait in the kernel, which makes the
+ * peer's sends block: backpressure. Returns 0, -EINVAL or -ENOTCONN
+ * (closing). Loop thread. */
+int em_pause_reading(em_conn *conn);
+
+/* Reads again after em_pause_reading (a watermark may still hold reading
+ * back). Returns 0, -EINVAL or -ENOTCONN. Loop thread. */
+int em_resume_reading(em_conn *conn);
+
+/* Is reading paused by em_pause_reading? Returns 1 or 0. */
+int em_is_reading_paused(const em_conn *conn);
+
+/* Outbound watermarks: when conn's queue (em_get_outbound_data_size) grows
+ * above `high` bytes, `throttle` (conn itself when NULL) stops reading;
+ * when it falls to `low` or below, reading resumes. drained still fires.
+ * An echo server that sets them on each connection cannot be made to
+ * buffer more than about `high` bytes by a client that never reads. high 0
+ * removes them. One connection throttles at most one other, and is
+ * throttled by at most one. Returns 0, -EINVAL (low >= high, or throttle
+ * on another loop), -EBUSY (throttle is already throttled by another
+ * connection), -ENOTCONN (either is closing), -ENOMEM. Loop thread. */
+int em_set_watermarks(em_conn *conn, size_t high, size_t low,
+                      em_conn *throttle);
+
+/* ------------------------------------------------------------------ */
+/* Files                                                                */
+/* ------------------------------------------------------------------ */
+
+/* Queues the file at path, whole, behind what is already queued (any size;
+ * EventMachine refused files over 32 KiB). Plain sockets send it with
+ * sendfile(2), never through user space; TLS reads 64 KiB at a time as the
+ * socket takes it. The file is opened now: a later rename or unlink does
+ * not matter, but if it shrinks before it is sent the connection closes
+ * with unbind(-EIO). It counts in em_get_outbound_data_size. Returns 0,
+ * -EINVAL, -ENOTCONN / -EPIPE (as em_send_data), or open's error (-ENOENT,
+ * -EACCES, -EISDIR, ...) with the connection untouched. Loop thread. */
+int em_send_file_data(em_conn *conn, const char *path);
+
+typedef void (*em_file_done_cb)(em_conn *conn, int err, void *arg);
+
+typedef struct em_stream_file_opts {
+    int http_chunks; /* HTTP/1.1 chunked framing, then the last chunk */
+} em_stream_file_opts;
+
+/* em_send_file_data with EventMachine's stream_file_data extras: chunked
+ * framing when opts->http_chunks (opts may be NULL), and done(conn, err,
+ * arg) once the file's last byte went to the kernel (err 0), or when it
+ * could not: -EIO (the file shrank; the connection then closes) or
+ * -ECANCELED (the connection closed first). done runs on the loop thread,
+ * never inside this call. Returns as em_send_file_data; done is not called
+ * when this returns an error. */
+int em_stream_file_data(em_conn *conn, const char *path,
+                        const em_stream_file_opts *opts, em_file_done_cb done,
+                        void *arg);
+
+/* ------------------------------------------------------------------ */
+/* Proxying                                                             */
+/* ------------------------------------------------------------------ */
+
+/* From now on bytes arriving on `from` are sent to `to` instead of to
+ * from's receive_data (EventMachine's proxy_incoming_to). Between two plain
+ * TCP or Unix sockets they move with splice(2) through a pipe, never
+ * through user space; otherwise (TLS on either side) through the normal
+ * read and send path. `bufsize` bounds what waits at `to` (its outbound
+ * queue): above it `from` stops reading until `to` drains to half of it;
+ * 0 means 1 MiB (EventMachine: unbounded). After `length` bytes (0 =
+ * unlimited) proxying stops, from's handler gets proxy_completed, and later
+ * bytes go to receive_data again. When `to` goes away first, from's
+ * handler gets proxy_target_unbound and bytes go to receive_data again.
+ * Returns 0, -EINVAL (NULL, from == to, different loops, not a stream),
+ * -ENOTCONN (either is closing), -EBUSY (from already proxies, or to is
+ * already a target), -ENOMEM, or pipe(2)'s error. Loop thread. */
+int em_proxy_incoming_to(em_conn *from, em_conn *to, size_t bufsize,
+                         size_t length);
+
+/* Stops proxying from `from`; bytes already read keep going to the target.
+ * Returns 0, -EINVAL, or -ENOENT when from was not proxying. */
+int em_stop_proxying(em_conn *from);
+
+/* Bytes proxied from `from` so far (counted while it proxied).
+ * Returns them, or 0 for NULL. */
+uint64_t em_get_proxied_bytes(const em_conn *from);
+
 #ifdef __cplusplus
 }
 #endif

@@ -61,9 +61,9 @@ static unsigned wanted_interest(const em_conn *conn)
     if (f & EM__CONN_PAUSED)
         return 0;
     unsigned interest = 0;
-    if (!(f & EM__CONN_READ_EOF))
+    if (!(f & (EM__CONN_READ_EOF | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED)))
         interest |= EM__IN;
-    if (conn->out.bytes > 0)
+    if (conn->out.head)
         interest |= EM__OUT;
     if (conn->tls)
         return em__tls_interest(conn, interest);
@@ -111,7 +111,9 @@ static void discard_unread_input(em_conn *conn)
 static void conn_release_io(em_conn *conn)
 {
     em__connect_free(conn);
-    em__outq_clear(&conn->out);
+    if (conn->relay)
+        em__relay_release(conn);
+    em__outq_clear(conn, &conn->out);
     if (conn->watcher.fd >= 0) {
         if ((conn->flags & EM__CONN_CLOSE_AFTER_WRITING) &&
             !(conn->flags & EM__CONN_READ_EOF) && conn->close_reason == 0)
@@ -142,6 +144,7 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
 
 void em__conn_free(em_conn *conn)
 {
+    free(conn->relay);
     free(conn->remote_host);
     free(conn);
 }
@@ -218,19 +221,36 @@ static void queue_drained(em_conn *conn)
 void em__conn_flush(em_conn *conn)
 {
     struct iovec iov[EM__IOV_MAX];
-    while (conn->out.bytes > 0) {
-        int count = em__outq_iov(&conn->out, iov, EM__IOV_MAX);
-        ssize_t n = conn->transport->writev(conn, iov, count);
+    while (conn->out.head) {
+        em__chunk *head = conn->out.head;
+        ssize_t n;
+        if (head->kind == EM__CHUNK_MEMORY) {
+            int count = em__outq_iov(&conn->out, iov, EM__IOV_MAX);
+            n = conn->transport->writev(conn, iov, count);
+        } else {
+            n = em__flush_range(conn, head);
+        }
         if (n == -EAGAIN)
             break;
         if (n < 0) {
             em__conn_close_now(conn, (int)n);
             return;
         }
-        em__outq_consume(&conn->out, (size_t)n);
         touch(conn);
+        if (head->kind == EM__CHUNK_MEMORY) {
+            em__outq_consume(&conn->out, (size_t)n);
+            continue;
+        }
+        em__fd_range *done = em__outq_advance_range(&conn->out, (size_t)n);
+        if (done) {
+            em__range_finish(conn, done, 0);
+            if (is_closing(conn))
+                return;
+        }
     }
-    if (conn->out.bytes == 0)
+    if (conn->relay)
+        em__flow_after_drain(conn);
+    if (!conn->out.head)
         queue_drained(conn);
     if (!is_closing(conn))
         em__conn_update_interest(conn);
@@ -254,7 +274,7 @@ static int can_write_now(const em_conn *conn)
 {
     return !(conn->flags &
              (EM__CONN_CONNECTING | EM__CONN_PAUSED | EM__CONN_HANDSHAKING)) &&
-           conn->out.bytes == 0;
+           !conn->out.head;
 }
 
 int em_send_data(em_conn *conn, const void *data, size_t len)
@@ -286,6 +306,8 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
     if (err < 0)
         return err;
     conn->flags |= EM__CONN_WAS_QUEUED;
+    if (conn->relay)
+        em__flow_after_growth(conn);
     em__conn_update_interest(conn);
     return 0;
 }
@@ -298,10 +320,10 @@ size_t em_get_outbound_data_size(const em_conn *conn)
 /* ---- read path ------------------------------------------------------- */
 
 /* Peer sent FIN: what we still owe it goes out first, then we close. */
-static void on_peer_eof(em_conn *conn)
+void em__conn_peer_eof(em_conn *conn)
 {
     conn->flags |= EM__CONN_READ_EOF;
-    if (conn->out.bytes == 0) {
+    if (!conn->out.head) {
         em__conn_close_now(conn, 0);
         return;
     }
@@ -311,8 +333,9 @@ static void on_peer_eof(em_conn *conn)
 
 static int can_read(const em_conn *conn)
 {
-    return !(conn->flags & (EM__CONN_CLOSING | EM__CONN_PAUSED |
-                            EM__CONN_READ_EOF | EM__CONN_CONNECTING));
+    return !(conn->flags &
+             (EM__CONN_CLOSING | EM__CONN_PAUSED | EM__CONN_READ_EOF |
+              EM__CONN_CONNECTING | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED));
 }
 
 void em__conn_read(em_conn *conn)
@@ -328,11 +351,13 @@ void em__conn_read(em_conn *conn)
             return;
         }
         if (n == 0) {
-            on_peer_eof(conn);
+            em__conn_peer_eof(conn);
             return;
         }
         touch(conn);
-        if (conn->handler->receive_data)
+        if (conn->relay && conn->relay->proxy)
+            em__proxy_deliver(conn, loop->read_buf, (size_t)n);
+        else if (conn->handler->receive_data)
             conn->handler->receive_data(conn, loop->read_buf, (size_t)n);
         if ((size_t)n < sizeof(loop->read_buf))
             return;
@@ -352,7 +377,7 @@ void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents)
     if (revents & (EM__IN | EM__ERR))
         em__conn_read(conn);
     if ((revents & (EM__OUT | EM__ERR)) && !is_closing(conn) &&
-        !(conn->flags & EM__CONN_PAUSED) && conn->out.bytes > 0)
+        !(conn->flags & EM__CONN_PAUSED) && conn->out.head)
         em__conn_flush(conn);
 }
 
@@ -373,11 +398,10 @@ void em__conn_established(em_conn *conn)
         conn->handler->connection_completed(conn);
     if (is_closing(conn))
         return;
-    if (conn->out.bytes > 0 && !(conn->flags & EM__CONN_PAUSED))
+    if (conn->out.head && !(conn->flags & EM__CONN_PAUSED))
         em__conn_flush(conn);
-    else if (conn->out.bytes == 0 &&
-             conn->flags &
-                 (EM__CONN_CLOSE_AFTER_WRITING | EM__CONN_SHUT_PENDING))
+    else if (!conn->out.head && conn->flags & (EM__CONN_CLOSE_AFTER_WRITING |
+                                               EM__CONN_SHUT_PENDING))
         queue_drained(conn);
     if (!is_closing(conn))
         em__conn_update_interest(conn);
@@ -399,7 +423,7 @@ int em_close_connection(em_conn *conn, int after_writing)
         return 0;
     }
     conn->flags |= EM__CONN_CLOSE_AFTER_WRITING;
-    if (conn->out.bytes == 0 &&
+    if (!conn->out.head &&
         !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_HANDSHAKING)))
         em__conn_close_now(conn, 0);
     return 0;
@@ -414,7 +438,7 @@ int em_close_write(em_conn *conn)
     if (conn->flags & (EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT))
         return 0;
     conn->flags |= EM__CONN_SHUT_PENDING;
-    if (conn->out.bytes == 0 &&
+    if (!conn->out.head &&
         !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_HANDSHAKING)))
         queue_drained(conn);
     return 0;

@@ -144,7 +144,39 @@ void em__tls_cache_free(em_loop *loop);
 
 /* ---- outbound queue (outbound.c) ------------------------------------- */
 
-enum em__chunk_kind { EM__CHUNK_MEMORY = 0 };
+enum em__chunk_kind {
+    EM__CHUNK_MEMORY = 0,
+    EM__CHUNK_FILE = 1, /* a file range, sent with sendfile(2) */
+    EM__CHUNK_PIPE = 2, /* bytes waiting in a proxy's pipe, splice(2) */
+};
+
+typedef struct em__pipe em__pipe;
+typedef struct em__proxy em__proxy;
+typedef void (*em__range_done_fn)(em_conn *conn, int err, void *arg);
+
+/* A FILE or PIPE item: bytes [pos, end) of fd. A file's fd is owned by the
+ * item; a pipe's by the proxy's em__pipe, which the item holds a reference
+ * to. done runs when the item is sent (0) or dropped (negative errno). */
+typedef struct em__fd_range {
+    int fd;
+    int error; /* why sending failed, for done */
+    uint64_t pos;
+    uint64_t end;
+    em__pipe *pipe;
+    em__range_done_fn done;
+    void *done_arg;
+} em__fd_range;
+
+/* A proxy's pipe (proxy.c): what splice(2) moved out of the source and the
+ * target has not sent yet. Referenced by the proxy and by every PIPE item
+ * in the target's queue; closed with the last reference. */
+struct em__pipe {
+    int rd;
+    int wr;
+    size_t bytes; /* in the pipe now */
+    int refs;
+    em__proxy *proxy; /* while the source still splices into it */
+};
 
 typedef struct em__chunk {
     struct em__chunk *next;
@@ -152,20 +184,33 @@ typedef struct em__chunk {
     uint32_t start; /* first unsent byte */
     uint32_t end;   /* one past the last byte */
     uint32_t cap;
+    em__fd_range *range; /* FILE and PIPE only */
     char data[];
 } em__chunk;
 
 typedef struct em__outq {
     em__chunk *head;
     em__chunk *tail;
-    size_t bytes;
+    size_t bytes; /* memory bytes plus the unsent bytes of every range */
 } em__outq;
 
 int em__outq_append(em__outq *q, const char *data, size_t len);
-/* Fills up to max iovecs from the head; returns how many. */
+/* Fills up to max iovecs from the head's memory chunks; returns how many
+ * (0 when the head is a range). */
 int em__outq_iov(const em__outq *q, struct iovec *iov, int max);
 void em__outq_consume(em__outq *q, size_t n);
-void em__outq_clear(em__outq *q);
+/* Appends a FILE or PIPE item (takes range; freed with the item). A PIPE
+ * item directly behind another of the same pipe just grows it. */
+int em__outq_append_range(em__outq *q, uint32_t kind, em__fd_range *range);
+/* n bytes of the head range were sent. Returns the range when it is now
+ * complete (unlinked from the queue; the caller finishes and frees it with
+ * em__range_finish), else NULL. */
+em__fd_range *em__outq_advance_range(em__outq *q, size_t n);
+/* Runs a range's done callback with err, releases its fd or pipe, frees
+ * it. */
+void em__range_finish(em_conn *conn, em__fd_range *range, int err);
+/* Drops everything queued; ranges finish with -ECANCELED. */
+void em__outq_clear(em_conn *conn, em__outq *q);
 
 /* ---- connections ----------------------------------------------------- */
 
@@ -182,6 +227,8 @@ enum em__conn_flag {
     EM__CONN_RECONNECTED = 1u << 9,  /* em_reconnect called in unbind */
     EM__CONN_WAS_QUEUED = 1u << 10,  /* queue non-empty: drained pending */
     EM__CONN_HANDSHAKING = 1u << 11, /* TLS handshake: plaintext waits */
+    EM__CONN_READ_PAUSED = 1u << 12, /* em_pause_reading */
+    EM__CONN_THROTTLED = 1u << 13,   /* a watermark stopped our reading */
 };
 
 struct em__connect_req;
@@ -203,7 +250,8 @@ struct em_conn {
     uint32_t connect_timeout_ms;
     em__outq out;
     struct em__connect_req *connect;
-    em__tls *tls;      /* NULL for plain connections */
+    em__tls *tls;            /* NULL for plain connections */
+    struct em__relay *relay; /* watermarks and proxying; NULL when unused */
     char *remote_host; /* owned: the host given to em_connect (TLS name) */
     _Alignas(max_align_t) unsigned char state[];
 };
@@ -222,6 +270,8 @@ void em__conn_flush(em_conn *conn);
 /* Runs unbind for every connection marked closing. */
 void em__conn_reap(em_loop *loop);
 void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents);
+/* The peer sent EOF: flush what is queued, then close. */
+void em__conn_peer_eof(em_conn *conn);
 /* Reads and delivers a few chunks (the read half of em__conn_on_event). */
 void em__conn_read(em_conn *conn);
 /* Counts traffic: idle time restarts, an inactivity timeout re-arms. */
@@ -236,6 +286,44 @@ void em__connect_on_resolved(em_loop *loop, void *ctx, struct addrinfo *ai,
                              int err);
 /* Closes the connections whose connect failed synchronously. */
 void em__connect_run_failures(em_loop *loop);
+
+/* ---- flow control, files, proxying (flow.c, file.c, proxy.c) -------- */
+
+/* Allocated the first time a connection gets watermarks or takes part in
+ * a proxy, so plain connections pay one NULL pointer. */
+typedef struct em__relay {
+    size_t high; /* outbound watermarks; high 0 = none */
+    size_t low;
+    em_conn *throttles;     /* stops reading while our queue is above high */
+    em_conn *throttled_by;  /* whose queue stops our reading */
+    em__proxy *proxy;       /* we proxy our input to proxy->target */
+    em_conn *proxied_from;  /* the source proxying into us */
+    uint64_t proxied_bytes; /* em_get_proxied_bytes */
+} em__relay;
+
+/* conn's relay, made on first use; NULL when out of memory. */
+em__relay *em__relay_get(em_conn *conn);
+/* The queue grew / shrank: apply the watermarks. */
+void em__flow_after_growth(em_conn *conn);
+void em__flow_after_drain(em_conn *conn);
+/* conn is closing: release what it throttles, end proxies, free relay. */
+void em__relay_release(em_conn *conn);
+/* Sends from the FILE or PIPE item at the head of the queue. Returns bytes
+ * sent, -EAGAIN, or a negative errno (-EIO: a file shorter than queued). */
+ssize_t em__flush_range(em_conn *conn, em__chunk *head);
+/* A proxy source read data (the buffered path, e.g. under TLS). */
+void em__proxy_deliver(em_conn *conn, const char *data, size_t len);
+void em__pipe_release(em__pipe *pipe);
+/* Bytes left the pipe: a source that found it full may splice again. */
+void em__pipe_drained(em__pipe *pipe, size_t n);
+/* Watermark plumbing shared by flow.c and proxy.c: owner's queue above
+ * high stops victim's reading (high 0 unlinks). */
+int em__flow_link(em_conn *owner, size_t high, size_t low, em_conn *victim);
+void em__flow_unlink_all(em_conn *conn);
+/* Sets or clears EM__CONN_THROTTLED and updates interest. */
+void em__flow_set_throttled(em_conn *conn, int on);
+/* Frees the loop's file bounce buffer. */
+void em__file_loop_free(em_loop *loop);
 
 /* ---- servers --------------------------------------------------------- */
 
@@ -335,6 +423,7 @@ struct em_loop {
     em__timeouts timeouts;
     em__resolver *resolver;
     em__tls_cache *tls_cache; /* created by the first em_start_tls */
+    char *file_buf; /* 64 KiB: file ranges under TLS (pread, then write) */
 
     em_callback before_poll;
     em_callback after_poll;

@@ -148,6 +148,7 @@ static void loop_release(em_loop *loop)
         em__resolver_free(loop);
     if (loop->tls_cache)
         em__tls_cache_free(loop);
+    em__file_loop_free(loop);
     em__timers_free(loop->timers);
     em__timeouts_free(&loop->timeouts);
     em__ring_free(&loop->ticks);

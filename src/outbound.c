@@ -5,8 +5,10 @@
  * queue only holds what the kernel did not take. It is a singly linked list
  * of chunks; small appends are copied into the tail chunk's spare room, so a
  * burst of small sends becomes one writev entry and one allocation. Every
- * chunk carries a kind, so that file ranges (sendfile) and pipes (splice)
- * can later be queued between memory chunks without reshaping the writer.
+ * chunk carries a kind: besides memory, a file range (sent with sendfile)
+ * or bytes waiting in a proxy's pipe (sent with splice) sit in the same
+ * queue, so they go out in order with em_send_data's bytes around them,
+ * and em_get_outbound_data_size and the watermarks count them too.
  * A ring buffer was the alternative: fewer mallocs but it pins its peak size
  * per connection, which costs idle connections memory.
  */
@@ -30,7 +32,17 @@ static em__chunk *chunk_new(size_t len)
     c->start = 0;
     c->end = 0;
     c->cap = (uint32_t)cap;
+    c->range = NULL;
     return c;
+}
+
+static void link_tail(em__outq *q, em__chunk *c)
+{
+    if (q->tail)
+        q->tail->next = c;
+    else
+        q->head = c;
+    q->tail = c;
 }
 
 static size_t tail_room(const em__outq *q)
@@ -55,11 +67,7 @@ static int append_piece(em__outq *q, const char *data, size_t len)
         return -ENOMEM;
     memcpy(c->data, data, len);
     c->end = (uint32_t)len;
-    if (q->tail)
-        q->tail->next = c;
-    else
-        q->head = c;
-    q->tail = c;
+    link_tail(q, c);
     q->bytes += len;
     return 0;
 }
@@ -122,14 +130,54 @@ void em__outq_consume(em__outq *q, size_t n)
         q->tail = NULL;
 }
 
-void em__outq_clear(em__outq *q)
+int em__outq_append_range(em__outq *q, uint32_t kind, em__fd_range *range)
+{
+    uint64_t len = range->end - range->pos;
+    em__chunk *t = q->tail;
+    if (kind == EM__CHUNK_PIPE && t && t->kind == EM__CHUNK_PIPE &&
+        t->range->pipe == range->pipe) {
+        t->range->end += len;
+        q->bytes += (size_t)len;
+        em__range_finish(NULL, range, 0); /* merged: drop its reference */
+        return 0;
+    }
+    em__chunk *c = malloc(sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->next = NULL;
+    c->kind = kind;
+    c->start = c->end = c->cap = 0;
+    c->range = range;
+    link_tail(q, c);
+    q->bytes += (size_t)len;
+    return 0;
+}
+
+em__fd_range *em__outq_advance_range(em__outq *q, size_t n)
 {
     em__chunk *c = q->head;
+    em__fd_range *range = c->range;
+    range->pos += n;
+    q->bytes -= n;
+    if (range->pos < range->end)
+        return NULL;
+    q->head = c->next;
+    if (!q->head)
+        q->tail = NULL;
+    free(c);
+    return range;
+}
+
+void em__outq_clear(em_conn *conn, em__outq *q)
+{
+    em__chunk *c = q->head;
+    q->head = q->tail = NULL;
+    q->bytes = 0;
     while (c) {
         em__chunk *next = c->next;
+        if (c->range)
+            em__range_finish(conn, c->range, -ECANCELED);
         free(c);
         c = next;
     }
-    q->head = q->tail = NULL;
-    q->bytes = 0;
 }

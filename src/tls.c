@@ -395,7 +395,7 @@ static void service(em_conn *conn, unsigned revents)
 {
     em__tls *t = conn->tls;
     if (t->raw_prefix) {
-        if (conn->out.bytes && !(conn->flags & EM__CONN_PAUSED))
+        if (conn->out.head && !(conn->flags & EM__CONN_PAUSED))
             em__conn_flush(conn);
         if (is_closing(conn) || t->raw_prefix)
             return;
@@ -425,7 +425,7 @@ static void service(em_conn *conn, unsigned revents)
         em__conn_read(conn);
     }
     if (!is_closing(conn) && !(conn->flags & EM__CONN_PAUSED) &&
-        conn->out.bytes > 0 &&
+        conn->out.head &&
         ((revents & (EM__OUT | EM__ERR)) ||
          ((t->flags & EM__TLS_WRITE_WANTS_READ) && (revents & EM__IN)))) {
         t->flags &= ~EM__TLS_WRITE_WANTS_READ;
@@ -434,7 +434,8 @@ static void service(em_conn *conn, unsigned revents)
     if (is_closing(conn))
         return;
     if (has_buffered_input(t) &&
-        !(conn->flags & (EM__CONN_PAUSED | EM__CONN_READ_EOF)))
+        !(conn->flags & (EM__CONN_PAUSED | EM__CONN_READ_EOF |
+                         EM__CONN_READ_PAUSED | EM__CONN_THROTTLED)))
         em__tls_schedule(conn);
     em__conn_update_interest(conn);
 }

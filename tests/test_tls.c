@@ -826,3 +826,139 @@ Test(tls, send_and_close_before_the_handshake, .timeout = TH_TIMEOUT(10))
         th_tls_reset(&client.tls);
     }
 }
+
+/* Files under TLS: no sendfile; 64 KiB preads through the bounce buffer,
+ * encrypted in order between em_send_data's bytes. */
+static char tls_file_path[64];
+
+static void file_handshake(em_conn *conn)
+{
+    cr_assert_eq(em_send_data(conn, "HEAD", 4), 0);
+    cr_assert_eq(em_send_file_data(conn, tls_file_path), 0);
+    cr_assert_eq(em_send_data(conn, "TAIL", 4), 0);
+    cr_assert_eq(em_close_connection(conn, 1), 0);
+}
+
+static void file_receive(em_conn *conn, const char *data, size_t len)
+{
+    th_tls *t = em_conn_arg(conn);
+    unsigned char *got = realloc(t->got, t->got_len + len);
+    cr_assert_not_null(got);
+    memcpy(got + t->got_len, data, len);
+    t->got = got;
+    t->got_len += len;
+}
+
+Test(tls, send_file_data_over_tls, .timeout = TH_TIMEOUT(20))
+{
+    size_t size = 3 * MiB + 12345;
+    snprintf(tls_file_path, sizeof(tls_file_path),
+             "/tmp/em-test-tlsfile-%d-XXXXXX", (int)getpid());
+    int fd = mkstemp(tls_file_path);
+    cr_assert_geq(fd, 0);
+    uint8_t *buf = malloc(size);
+    th_pat_fill(buf, 0, size);
+    cr_assert_eq(write(fd, buf, size), (ssize_t)size);
+    close(fd);
+
+    em_handler server_h = {.post_init = half_post_init,
+                           .ssl_handshake_completed = file_handshake,
+                           .unbind = half_unbind};
+    em_handler client_h = {.post_init = half_post_init,
+                           .receive_data = file_receive,
+                           .unbind = half_unbind};
+    em_loop *loop = th_loop();
+    th_tls server = TH_TLS_INIT, client = TH_TLS_INIT;
+    th_tls_server_opts(&server.opts, "server");
+    th_tls_client_opts(&client.opts);
+    em_server *srv = th_start_server(loop, &server_h, &server);
+    cr_assert_eq(em_connect(loop, "localhost", th_listen_port(srv), &client_h,
+                            &client, NULL),
+                 0);
+    th_run_until_count(loop, &client.unbinds, 1, 15);
+    cr_assert_eq(client.reason, 0, "%s", client.error);
+    cr_assert_eq(client.got_len, size + 8);
+    cr_assert(memcmp(client.got, "HEAD", 4) == 0);
+    cr_assert_eq(th_pat_check(client.got + 4, 0, size), -1);
+    cr_assert(memcmp(client.got + 4 + size, "TAIL", 4) == 0);
+    cr_assert_not_null(loop->file_buf, "TLS used the bounce buffer");
+    th_run_until_count(loop, &server.unbinds, 1, 5);
+    th_stop_and_free(loop, srv);
+    th_tls_reset(&server);
+    th_tls_reset(&client);
+    free(buf);
+    unlink(tls_file_path);
+}
+
+/* Proxying from a TLS connection takes the buffered path: plaintext read
+ * through OpenSSL goes to the target's queue with the same limits. */
+typedef struct tls_front {
+    th_tls tls;
+    int back_port;
+    em_conn *link;
+} tls_front;
+
+static size_t back_received;
+static int back_bad;
+
+static void plain_back_receive(em_conn *conn, const char *data, size_t len)
+{
+    (void)conn;
+    if (th_pat_check((const uint8_t *)data, back_received, len) >= 0)
+        back_bad = 1;
+    back_received += len;
+}
+
+static const em_handler plain_back = {.receive_data = plain_back_receive};
+static const em_handler plain_link = {0};
+
+static void tls_front_post_init(em_conn *conn, void *arg)
+{
+    tls_front *f = arg;
+    f->tls.conn = conn;
+    cr_assert_eq(em_start_tls(conn, &f->tls.opts), 0);
+    cr_assert_eq(em_connect(em_conn_loop(conn), "127.0.0.1", f->back_port,
+                            &plain_link, NULL, &f->link),
+                 0);
+    cr_assert_eq(em_proxy_incoming_to(conn, f->link, 256 * 1024, 0), 0);
+}
+
+static void tls_front_unbind(em_conn *conn, int reason)
+{
+    tls_front *f = em_conn_arg(conn);
+    f->tls.unbinds++;
+    f->tls.reason = reason;
+    cr_assert_eq(em_get_proxied_bytes(conn), 4 * MiB);
+    em_close_connection(f->link, 1);
+}
+
+Test(tls, proxy_from_tls_takes_the_buffered_path, .timeout = TH_TIMEOUT(20))
+{
+    em_handler front_h = {.post_init = tls_front_post_init,
+                          .unbind = tls_front_unbind};
+    em_handler client_h = {.post_init = bulk_post_init,
+                           .ssl_handshake_completed = bulk_handshake,
+                           .drained = bulk_drained,
+                           .unbind = bulk_unbind};
+    em_loop *loop = th_loop();
+    back_received = 0;
+    back_bad = 0;
+    em_server *back_srv = th_start_server(loop, &plain_back, NULL);
+    tls_front front = {.tls = TH_TLS_INIT,
+                       .back_port = th_listen_port(back_srv)};
+    th_tls_server_opts(&front.tls.opts, "server");
+    em_server *srv = th_start_server(loop, &front_h, &front);
+    bulk client = {.seed = 3, .to_send = 4 * MiB};
+    th_tls_client_opts(&client.tls.opts);
+    em_conn *c = NULL;
+    cr_assert_eq(em_connect(loop, "localhost", th_listen_port(srv), &client_h,
+                            &client, &c),
+                 0);
+    th_run_until_size(loop, &back_received, 4 * MiB, 15);
+    cr_assert_not(back_bad, "bytes out of place");
+    em_close_connection(c, 0);
+    th_run_until_count(loop, &front.tls.unbinds, 1, 5);
+    th_run_for(loop, 0.1);
+    em_stop_server(back_srv);
+    th_stop_and_free(loop, srv);
+}
