@@ -494,7 +494,8 @@ typedef struct em_tls_options {
  * curve, key not matching the certificate, min above max), -ENOENT /
  * -EACCES (a file), -EBADMSG (not PEM), -EKEYREJECTED (wrong passphrase),
  * -ENOKEY (server without certificate), -EPROTONOSUPPORT (SSLv2/SSLv3),
- * -EALREADY (TLS already started), -ENOTCONN (closing, or the peer ended
+ * -EALREADY (TLS already started), -EBUSY (proxying from or to conn: start
+ * TLS first), -ENOTCONN (closing, or the peer ended
  * the stream), -EPIPE (closing after writing, or write side shut), -ENOMEM.
  * For a bad option em_tls_error(conn) then says why (OpenSSL's reason when
  * it gave one). Loop thread. */

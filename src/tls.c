@@ -629,6 +629,8 @@ int em_start_tls(em_conn *conn, const em_tls_options *opts)
         return -EPIPE;
     if (conn->tls && conn->tls->ssl)
         return -EALREADY;
+    if (conn->relay && (conn->relay->proxy || conn->relay->proxied_from))
+        return -EBUSY; /* spliced bytes would bypass the handshake */
     if (!opts)
         opts = &defaults;
     em__tls *t = conn->tls;

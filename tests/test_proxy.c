@@ -404,6 +404,8 @@ Test(proxy, bad_arguments, .timeout = TH_TIMEOUT(10))
     cr_assert_eq(em_proxy_incoming_to(f.conn, f.conn, 0, 0), -EINVAL);
     cr_assert_eq(em_proxy_incoming_to(f.conn, f.link, 0, 0), -EBUSY,
                  "already proxying");
+    cr_assert_eq(em_start_tls(f.conn, NULL), -EBUSY, "TLS under a splice");
+    cr_assert_eq(em_start_tls(f.link, NULL), -EBUSY);
     cr_assert_eq(em_stop_proxying(NULL), -EINVAL);
     cr_assert_eq(em_get_proxied_bytes(NULL), 0);
     em_loop *other = th_loop();
