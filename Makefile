@@ -43,7 +43,10 @@ build:
 	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j$(JOBS)
 
-run: deps build
+# Only what it runs: the example server, not the test suite.
+run: deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j$(JOBS) --target echo_server
 	exec $(BUILD)/examples/echo_server $(PORT)
 
 test: deps build
