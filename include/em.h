@@ -544,6 +544,52 @@ long em_tls_verify_error(const em_conn *conn);
  * dropped, or -EINVAL. Loop thread. */
 int em_tls_flush_contexts(em_loop *loop);
 
+/* ------------------------------------------------------------------ */
+/* Thread pool                                                          */
+/* ------------------------------------------------------------------ */
+
+/*
+ * EventMachine's defer: work runs on one of the loop's pool threads, done
+ * on the loop thread afterwards. The pool starts its threads one at a time
+ * as work waits for them, up to its size (default 4); they block every
+ * signal and are joined by em_loop_free. em_connect's name resolution runs
+ * on the same pool. See docs/loop.md.
+ */
+typedef uint64_t em_defer_id;
+/* Runs on a pool thread; its return value is done's `result`. It must not
+ * call into libem except the "any thread" functions. */
+typedef void *(*em_work_fn)(void *arg);
+/* Runs on the loop thread: status 0 with work's result, or -ECANCELED
+ * (result NULL) when the job was cancelled before it started. */
+typedef void (*em_done_fn)(em_loop *loop, void *arg, void *result,
+                           int status);
+
+/* Queues work(arg) for the pool; done(loop, arg, result, status) follows
+ * on the loop thread, exactly once, never inside this call (done may be
+ * NULL). Jobs start in call order. Stores a nonzero id in *out (may be
+ * NULL). Returns 0, -EINVAL, -ENOMEM, -EAGAIN (no thread could be
+ * started), -ECANCELED (em_loop_free in progress). Loop thread. */
+int em_defer(em_loop *loop, em_work_fn work, em_done_fn done, void *arg,
+             em_defer_id *out);
+
+/* Cancels a job that has not started: its done runs later with
+ * -ECANCELED. Returns 0, -EINVAL, -EBUSY (work is running or has run: done
+ * gets its result), -EALREADY (cancelled before, done still to come) or
+ * -ENOENT (unknown id, or done has already run). Loop thread. */
+int em_cancel_defer(em_loop *loop, em_defer_id id);
+
+/* Jobs whose done has not run yet. Returns the count, 0 for NULL. */
+size_t em_defer_count(const em_loop *loop);
+
+/* Sets how many pool threads may run at once (1 to 256). Threads are still
+ * started only as work needs them; the size may not go below the threads
+ * already started. Returns 0, -EINVAL, -EBUSY (below the started threads)
+ * or -ENOMEM. Loop thread. */
+int em_set_threadpool_size(em_loop *loop, int threads);
+
+/* The pool's size. Returns it, or -EINVAL for NULL. */
+int em_threadpool_size(const em_loop *loop);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,7 +14,8 @@
  *   tls_context.c  SSL_CTX cache per loop, options, certificates, sessions
  *   server.c     TCP and Unix listeners, accept
  *   connect.c    outbound connections, reconnect
- *   resolve.c    off-thread getaddrinfo
+ *   resolve.c    off-thread getaddrinfo (jobs on the pool)
+ *   pool.c       the loop's thread pool: em_defer, resolver jobs
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   error.c      em_strerror, em_err_name
@@ -251,6 +252,45 @@ struct em_server {
     char *unix_path; /* owned; NULL for TCP */
 };
 
+/* ---- thread pool (pool.c) ------------------------------------------- */
+
+typedef struct em__pool em__pool;
+typedef struct em__job em__job;
+/* Runs on a pool worker, without the pool's lock. */
+typedef void (*em__job_work_fn)(em__job *job);
+/* Runs on the loop thread: status 0 once work ran, -ECANCELED when
+ * em__pool_cancel (or em_loop_free) took it off the queue first. The job
+ * belongs to the callee from then on. */
+typedef void (*em__job_done_fn)(em_loop *loop, em__job *job, int status);
+/* Frees an abandoned job; on a worker or the loop thread. */
+typedef void (*em__job_drop_fn)(em__job *job);
+
+/* Embedded in the user's record; the pool owns the fields below `drop`. */
+struct em__job {
+    em__job_work_fn work;
+    em__job_done_fn done;
+    em__job_drop_fn drop;
+    em__link link;
+    int state;
+    int status;
+    int abandoned;
+};
+
+/* Queues job (work, done, drop set); creates the pool on first use.
+ * Returns 0, -ENOMEM, -EAGAIN (no thread could start), -ECANCELED (the
+ * loop is being freed). Loop thread. */
+int em__pool_submit(em_loop *loop, em__job *job);
+/* A queued job's done runs later with -ECANCELED: 0. Running or finished:
+ * -EBUSY; cancelled already: -EALREADY. Loop thread. */
+int em__pool_cancel(em_loop *loop, em__job *job);
+/* done will never run; drop frees the job now or when its work returns. */
+void em__pool_abandon(em_loop *loop, em__job *job);
+/* Wakeup hook: runs the done functions of finished jobs. */
+void em__pool_deliver(em_loop *loop);
+/* Cancels queued jobs, joins the workers, runs every done left and frees
+ * the pool. Returns how many em_defer jobs were still outstanding. */
+size_t em__pool_free(em_loop *loop);
+
 /* ---- resolver (resolve.c) -------------------------------------------- */
 
 typedef struct em__resolver em__resolver;
@@ -262,8 +302,9 @@ typedef struct em__resolve_job em__resolve_job;
 int em__resolve_start(em_loop *loop, const char *host, int port,
                       em__resolve_fn fn, void *ctx, em__resolve_job **out);
 void em__resolve_cancel(em_loop *loop, em__resolve_job *job);
-/* Wakeup hook: delivers finished jobs. */
+/* Delivers finished jobs (em__pool_deliver). */
 void em__resolver_deliver(em_loop *loop);
+/* Abandons the jobs in flight; before em__pool_free. */
 void em__resolver_free(em_loop *loop);
 
 /* An outbound connect in progress (connect.c). */
@@ -341,6 +382,8 @@ struct em_loop {
     void *poll_hook_arg;
 
     char read_buf[EM__READ_CHUNK];
+
+    em__pool *pool; /* created by the first em_defer or resolution */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */

@@ -7,7 +7,7 @@
  * Connections are freed only there, so a watcher pointer from the current
  * epoll batch never dangles.
  *
- * Cross-thread work (em_schedule, em_stop, resolver results) wakes the loop
+ * Cross-thread work (em_schedule, em_stop, pool results) wakes the loop
  * through one eventfd. em_stop only stores an atomic flag and writes the
  * eventfd, both async-signal-safe, so it works from signal handlers; the
  * loop thread does the actual shutdown. A pipe pair was the alternative; an
@@ -111,8 +111,8 @@ static void on_wakeup(em_loop *loop, em__watcher *w, unsigned revents)
     ssize_t n = read(w->fd, &value, sizeof(value));
     (void)n;
     run_scheduled(loop);
-    if (loop->resolver)
-        em__resolver_deliver(loop);
+    if (loop->pool)
+        em__pool_deliver(loop);
 }
 
 /* ---- life cycle ------------------------------------------------------ */
@@ -146,6 +146,8 @@ static void loop_release(em_loop *loop)
 {
     if (loop->resolver)
         em__resolver_free(loop);
+    if (loop->pool)
+        em__pool_free(loop);
     if (loop->tls_cache)
         em__tls_cache_free(loop);
     em__timers_free(loop->timers);
@@ -218,6 +220,9 @@ int em_loop_free(em_loop *loop)
                !em__list_empty(&loop->servers) ||
                !em__list_empty(&loop->pending_unbind);
     shut_everything(loop);
+    em__resolver_free(loop);
+    if (em__pool_free(loop) > 0)
+        busy = 1; /* em_defer work was cancelled or waited for */
     loop_release(loop);
     return busy ? -EBUSY : 0;
 }
