@@ -590,6 +590,49 @@ int em_set_threadpool_size(em_loop *loop, int threads);
 /* The pool's size. Returns it, or -EINVAL for NULL. */
 int em_threadpool_size(const em_loop *loop);
 
+/* ------------------------------------------------------------------ */
+/* Signals                                                              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Signals as ordinary callbacks on the loop thread, through a signalfd:
+ * a handled signal is blocked in the thread that adds its first handler
+ * (call these on the loop's thread) and read by the loop. Every other
+ * thread of the process must block it too, or a signal sent to the process
+ * may go to one of them and take its default action: add handlers before
+ * starting threads (threads inherit the mask; libem's own threads block
+ * every signal), or block the signal in them yourself. A child started with
+ * fork/exec inherits the blocked mask: unblock in the child before exec.
+ * Standard signals that arrive again before the loop reads them are
+ * delivered once; real-time signals queue. See docs/loop.md.
+ */
+typedef uint64_t em_signal_id;
+typedef void (*em_signal_fn)(em_loop *loop, int signo, void *arg);
+
+/* Calls fn(loop, signo, arg) on the loop thread each time signo arrives,
+ * after every handler added before it for the same signal. A loop may have
+ * several handlers per signal; several loops (on their own threads) may
+ * handle one signal: a signal sent to a thread reaches that thread's loop,
+ * one sent to the process reaches one of them. A signal the process ignores
+ * (SIG_IGN) is set to SIG_DFL while handled. Stores a nonzero id in *out
+ * (may be NULL). Returns 0, -EINVAL (NULL, or a signal that cannot be
+ * handled here: SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL, glibc's
+ * 32 .. SIGRTMIN-1, out of range), -ENOMEM, -EMFILE/-ENFILE (no descriptor
+ * for the signalfd). Loop thread. */
+int em_add_signal(em_loop *loop, int signo, em_signal_fn fn, void *arg,
+                  em_signal_id *out);
+
+/* Removes a handler, also from inside a handler (a removed handler is not
+ * called again, even for the signal being delivered). When the last
+ * handler of a signal goes, a pending instance of it is discarded and the
+ * thread's mask (and SIG_IGN) is restored. em_loop_free does the same for
+ * every handler left. Returns 0, -EINVAL or -ENOENT (unknown or removed
+ * id). Loop thread: the thread that added the first handler. */
+int em_remove_signal(em_loop *loop, em_signal_id id);
+
+/* Number of signal handlers on the loop. Returns it, 0 for NULL. */
+size_t em_signal_count(const em_loop *loop);
+
 #ifdef __cplusplus
 }
 #endif

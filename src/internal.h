@@ -16,6 +16,7 @@
  *   connect.c    outbound connections, reconnect
  *   resolve.c    off-thread getaddrinfo (jobs on the pool)
  *   pool.c       the loop's thread pool: em_defer, resolver jobs
+ *   signals.c    em_add_signal: signals through a signalfd
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   error.c      em_strerror, em_err_name
@@ -291,6 +292,13 @@ void em__pool_deliver(em_loop *loop);
  * the pool. Returns how many em_defer jobs were still outstanding. */
 size_t em__pool_free(em_loop *loop);
 
+/* ---- signals (signals.c) --------------------------------------------- */
+
+typedef struct em__signals em__signals;
+/* Restores the thread's mask for every handled signal, closes the
+ * signalfd. */
+void em__signals_free(em_loop *loop);
+
 /* ---- resolver (resolve.c) -------------------------------------------- */
 
 typedef struct em__resolver em__resolver;
@@ -384,6 +392,7 @@ struct em_loop {
     char read_buf[EM__READ_CHUNK];
 
     em__pool *pool; /* created by the first em_defer or resolution */
+    em__signals *signals; /* created by the first em_add_signal */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */

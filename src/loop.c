@@ -148,6 +148,8 @@ static void loop_release(em_loop *loop)
         em__resolver_free(loop);
     if (loop->pool)
         em__pool_free(loop);
+    if (loop->signals)
+        em__signals_free(loop);
     if (loop->tls_cache)
         em__tls_cache_free(loop);
     em__timers_free(loop->timers);

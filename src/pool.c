@@ -215,7 +215,7 @@ static int pool_get(em_loop *loop, em__pool **out)
 
 int em__pool_submit(em_loop *loop, em__job *job)
 {
-    em__pool *p;
+    em__pool *p = NULL;
     int err = pool_get(loop, &p);
     if (err < 0)
         return err;
@@ -412,7 +412,7 @@ int em_defer(em_loop *loop, em_work_fn work, em_done_fn done, void *arg,
         *out = 0;
     if (!loop || !work)
         return -EINVAL;
-    em__pool *p;
+    em__pool *p = NULL;
     int err = pool_get(loop, &p);
     if (err < 0)
         return err;
@@ -467,7 +467,7 @@ int em_set_threadpool_size(em_loop *loop, int threads)
 {
     if (!loop || threads < 1 || threads > EM__POOL_MAX_SIZE)
         return -EINVAL;
-    em__pool *p;
+    em__pool *p = NULL;
     int err = pool_get(loop, &p);
     if (err < 0)
         return err;
