@@ -633,6 +633,62 @@ int em_remove_signal(em_loop *loop, em_signal_id id);
 /* Number of signal handlers on the loop. Returns it, 0 for NULL. */
 size_t em_signal_count(const em_loop *loop);
 
+/* ------------------------------------------------------------------ */
+/* File watching                                                        */
+/* ------------------------------------------------------------------ */
+
+/*
+ * EventMachine's watch_file, on inotify (one descriptor per loop, shared by
+ * every watch). A watch is a handle with its own small handler, not a
+ * connection: it gets file_modified, file_moved and file_deleted, and
+ * unbind once, last, as connections do. See docs/loop.md.
+ */
+typedef struct em_file_watch em_file_watch;
+
+/* Every slot may be NULL; the handler must outlive its watches. */
+typedef struct em_file_handler {
+    /* The file's contents changed (a write or a truncation; not metadata). */
+    void (*file_modified)(em_file_watch *watch, void *arg);
+    /* The file was renamed or moved; the watch goes on, and
+     * em_file_watch_path keeps the path it was started with. */
+    void (*file_moved)(em_file_watch *watch, void *arg);
+    /* The file is gone: its last link was removed and the last descriptor
+     * to it closed. The watch then ends (unbind follows with 0). */
+    void (*file_deleted)(em_file_watch *watch, void *arg);
+    /* The watch ended: 0 after em_stop_watching, file_deleted, em_stop or
+     * em_loop_free; -ENODEV when its file system was unmounted. The watch
+     * is freed when this returns. */
+    void (*unbind)(em_file_watch *watch, void *arg, int reason);
+} em_file_handler;
+
+/* Watches the file (or directory: then only its own move or deletion is
+ * reported) at path. Several watches may watch one file; each gets every
+ * event. Events that arrive faster than the loop reads them may merge; if
+ * the kernel's queue overflows, every watch gets file_modified. Stores the
+ * watch in *out (may be NULL). Returns 0, -EINVAL (NULL or empty
+ * argument), -ECANCELED (the loop is stopping), -ENOENT, -ENOTDIR,
+ * -EACCES, -ENAMETOOLONG, -ELOOP (path), -ENOSPC (the user's inotify watch
+ * limit), -EMFILE (the inotify instance limit) or -ENOMEM. Loop thread. */
+int em_watch_file(em_loop *loop, const char *path,
+                  const em_file_handler *handler, void *arg,
+                  em_file_watch **out);
+
+/* Stops watching; unbind(watch, arg, 0) follows after the current
+ * callback, never inside this call. Stopping a watch that already ended
+ * (its unbind pending or running) is harmless. Returns 0 or -EINVAL.
+ * Loop thread. */
+int em_stop_watching(em_file_watch *watch);
+
+/* The path the watch was started with (owned by the watch, valid until its
+ * unbind returns), or NULL for NULL. */
+const char *em_file_watch_path(const em_file_watch *watch);
+
+/* The loop of the watch, or NULL for NULL. */
+em_loop *em_file_watch_loop(const em_file_watch *watch);
+
+/* Live watches on the loop. Returns the count, 0 for NULL. */
+size_t em_file_watch_count(const em_loop *loop);
+
 #ifdef __cplusplus
 }
 #endif

@@ -165,6 +165,8 @@ void em__conn_reap(em_loop *loop)
     }
     if (!em__list_empty(&loop->dead_servers))
         free_dead_servers(loop);
+    if (loop->fswatch)
+        em__fswatch_reap(loop);
 }
 
 /* ---- write path ------------------------------------------------------ */

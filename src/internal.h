@@ -17,6 +17,7 @@
  *   resolve.c    off-thread getaddrinfo (jobs on the pool)
  *   pool.c       the loop's thread pool: em_defer, resolver jobs
  *   signals.c    em_add_signal: signals through a signalfd
+ *   fswatch.c    em_watch_file: inotify
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   error.c      em_strerror, em_err_name
@@ -299,6 +300,17 @@ typedef struct em__signals em__signals;
  * signalfd. */
 void em__signals_free(em_loop *loop);
 
+/* ---- file watches (fswatch.c) ---------------------------------------- */
+
+typedef struct em__fswatch em__fswatch;
+/* Runs the unbind of every watch that ended (from em__conn_reap). */
+void em__fswatch_reap(em_loop *loop);
+/* Ends every watch (em_stop, em_loop_free); em__fswatch_reap unbinds. */
+void em__fswatch_end_all(em_loop *loop);
+/* Ends and unbinds what is left, closes the inotify descriptor. Returns
+ * how many watches were still live. */
+size_t em__fswatch_free(em_loop *loop);
+
 /* ---- resolver (resolve.c) -------------------------------------------- */
 
 typedef struct em__resolver em__resolver;
@@ -393,6 +405,7 @@ struct em_loop {
 
     em__pool *pool; /* created by the first em_defer or resolution */
     em__signals *signals; /* created by the first em_add_signal */
+    em__fswatch *fswatch; /* created by the first em_watch_file */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */

@@ -150,6 +150,8 @@ static void loop_release(em_loop *loop)
         em__pool_free(loop);
     if (loop->signals)
         em__signals_free(loop);
+    if (loop->fswatch)
+        em__fswatch_free(loop);
     if (loop->tls_cache)
         em__tls_cache_free(loop);
     em__timers_free(loop->timers);
@@ -196,6 +198,8 @@ static void close_all(em__link *list)
 static void shut_everything(em_loop *loop)
 {
     loop->stopping = 1;
+    if (loop->fswatch)
+        em__fswatch_end_all(loop);
     while (!em__list_empty(&loop->servers)) {
         em_server *server =
             em__container_of(loop->servers.next, em_server, link);
@@ -220,7 +224,8 @@ int em_loop_free(em_loop *loop)
     int busy = !em__list_empty(&loop->conns) ||
                !em__list_empty(&loop->failed_connects) ||
                !em__list_empty(&loop->servers) ||
-               !em__list_empty(&loop->pending_unbind);
+               !em__list_empty(&loop->pending_unbind) ||
+               em_file_watch_count(loop) > 0;
     shut_everything(loop);
     em__resolver_free(loop);
     if (em__pool_free(loop) > 0)
