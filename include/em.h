@@ -57,8 +57,12 @@ const char *em_err_name(int err);
  * until em_loop_free(). Returns 0, -EINVAL or the errno of epoll/eventfd. */
 int em_loop_new(em_loop **out);
 
-/* Frees the loop. Live connections are unbound and servers closed first.
- * Returns 0, or -EBUSY if it had to close live handles (freed anyway). */
+/* Frees the loop. Live connections and file watches are unbound, servers
+ * closed, queued em_defer jobs cancelled and running ones waited for (their
+ * done runs here), signal handlers removed. Returns 0; -EBUSY if it had to
+ * close live handles or finish em_defer jobs (freed anyway); -EDEADLK,
+ * freeing nothing, when called from inside one of the loop's callbacks
+ * (or while em_run runs it); -EINVAL for NULL. */
 int em_loop_free(em_loop *loop);
 
 /* Runs the loop until em_stop(); then unbinds every connection and closes
@@ -109,9 +113,13 @@ size_t em_connection_count(const em_loop *loop);
 int em_set_poll_hooks(em_loop *loop, em_callback before_poll,
                       em_callback after_poll, void *arg);
 
-/* The backend's pollable descriptor (the epoll fd), readable when the loop
- * has work; for embedding in another loop. Returns it or -EINVAL. */
-int em_backend_fd(const em_loop *loop);
+/* The backend's pollable descriptor (the epoll fd), for embedding in
+ * another loop: it is readable whenever the loop has work (I/O, a due
+ * timer or timeout, a queued em_next_tick or em_schedule, a pending
+ * close); the host then calls em_run_once(loop, 0). The first call adds a
+ * timerfd to the loop for the deadlines. Returns it, -EINVAL, or -EMFILE /
+ * -ENFILE / -ENOMEM (no timerfd). Loop thread. */
+int em_backend_fd(em_loop *loop);
 
 /* ------------------------------------------------------------------ */
 /* Timers                                                               */
@@ -688,6 +696,40 @@ em_loop *em_file_watch_loop(const em_file_watch *watch);
 
 /* Live watches on the loop. Returns the count, 0 for NULL. */
 size_t em_file_watch_count(const em_loop *loop);
+
+/* ------------------------------------------------------------------ */
+/* Loop settings, embedding and wakeups                                 */
+/* ------------------------------------------------------------------ */
+
+/* Milliseconds until the loop next has work without an event (its earliest
+ * timer or timeout), 0 when it has some now, -1 when it has none; capped
+ * by em_set_max_wait_ms. What em_run_once(loop, -1) would wait, from the
+ * current clock. Returns it, or -EINVAL for NULL. Loop thread. */
+int em_next_timeout_ms(const em_loop *loop);
+
+/* Makes the loop's blocked poll return at once (em_run goes on with its
+ * next turn; em_run_once returns 0). Any thread, and async-signal-safe
+ * (one eventfd write): e.g. an interrupt from a language runtime, or a
+ * signal handler that set a flag the loop checks. Returns 0 or -EINVAL. */
+int em_wakeup(em_loop *loop);
+
+/* How many connections a listener accepts per readiness event before other
+ * events get their turn (default 64; EventMachine's simultaneous accept
+ * count). Applies to every listener of the loop, at once. Returns 0 or
+ * -EINVAL (NULL, accepts < 1). Loop thread. */
+int em_set_accepts_per_wakeup(em_loop *loop, int accepts);
+
+/* The accepts per wakeup. Returns it, or -EINVAL for NULL. */
+int em_get_accepts_per_wakeup(const em_loop *loop);
+
+/* Caps every poll wait at ms milliseconds (EventMachine's timer quantum),
+ * so the loop turns at least that often even with nothing to do, e.g. for a
+ * binding that checks interrupts between turns; -1 (the default) removes
+ * the cap. Returns 0 or -EINVAL (NULL, ms < -1). Loop thread. */
+int em_set_max_wait_ms(em_loop *loop, int ms);
+
+/* The cap on the poll wait (-1 none). Returns it, or -EINVAL for NULL. */
+int em_get_max_wait_ms(const em_loop *loop);
 
 #ifdef __cplusplus
 }

@@ -42,6 +42,7 @@ static void fail_later(em_conn *conn, int err)
     em__timeout_disarm(conn);
     em__list_remove(&conn->link);
     em__list_push_back(&conn->loop->failed_connects, &conn->link);
+    em__loop_work_added(conn->loop);
 }
 
 void em__connect_run_failures(em_loop *loop)

@@ -88,6 +88,7 @@ void em__conn_close_now(em_conn *conn, int reason)
     em__timeout_disarm(conn);
     em__list_remove(&conn->link);
     em__list_push_back(&conn->loop->pending_unbind, &conn->link);
+    em__loop_work_added(conn->loop);
 }
 
 /* close(2) on a socket with unread input sends RST instead of FIN, and an

@@ -152,6 +152,11 @@ static void end_node(em__fswatch *fs, wd_node *node, int reason)
     }
 }
 
+int em__fswatch_pending(const em_loop *loop)
+{
+    return loop->fswatch && !em__list_empty(&loop->fswatch->ended);
+}
+
 void em__fswatch_reap(em_loop *loop)
 {
     em__fswatch *fs = loop->fswatch;
@@ -363,8 +368,10 @@ int em_stop_watching(em_file_watch *watch)
 {
     if (!watch)
         return -EINVAL;
-    if (watch->node)
+    if (watch->node) {
         end_watch(watch->loop->fswatch, watch, 0);
+        em__loop_work_added(watch->loop); /* its unbind is due */
+    }
     return 0;
 }
 

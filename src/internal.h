@@ -18,6 +18,7 @@
  *   pool.c       the loop's thread pool: em_defer, resolver jobs
  *   signals.c    em_add_signal: signals through a signalfd
  *   fswatch.c    em_watch_file: inotify
+ *   embed.c      em_backend_fd's timerfd, em_next_timeout_ms
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   error.c      em_strerror, em_err_name
@@ -39,7 +40,7 @@ struct addrinfo;
 
 #define EM__READ_CHUNK (64 * 1024) /* one loop-owned read buffer */
 #define EM__READS_PER_WAKEUP 4     /* fairness bound per readable event */
-#define EM__ACCEPTS_PER_WAKEUP 64  /* fairness bound per listener event */
+#define EM__ACCEPTS_PER_WAKEUP 64  /* default em_set_accepts_per_wakeup */
 #define EM__MAX_EVENTS 256         /* epoll_wait batch */
 #define EM__IOV_MAX 64             /* iovecs per writev */
 #define EM__DEFAULT_CONNECT_TIMEOUT_MS 20000
@@ -310,6 +311,8 @@ void em__fswatch_end_all(em_loop *loop);
 /* Ends and unbinds what is left, closes the inotify descriptor. Returns
  * how many watches were still live. */
 size_t em__fswatch_free(em_loop *loop);
+/* Is an unbind of an ended watch due? */
+int em__fswatch_pending(const em_loop *loop);
 
 /* ---- resolver (resolve.c) -------------------------------------------- */
 
@@ -406,10 +409,32 @@ struct em_loop {
     em__pool *pool; /* created by the first em_defer or resolution */
     em__signals *signals; /* created by the first em_add_signal */
     em__fswatch *fswatch; /* created by the first em_watch_file */
+    em__watcher embed_timer; /* timerfd once em_backend_fd was asked for */
+    uint64_t embed_armed_ns; /* deadline it is armed to, UINT64_MAX none */
+    int accepts_per_wakeup;
+    int max_wait_ms; /* -1: no cap */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */
 void em__loop_wakeup(em_loop *loop);
 uint64_t em__clock_ns(void);
+/* When the loop next has work without an event: 0 if it has some now,
+ * else the earliest timer or timeout (loop clock, ns), UINT64_MAX none. */
+uint64_t em__loop_next_deadline(const em_loop *loop);
+
+/* ---- embedding (embed.c) --------------------------------------------- */
+
+/* Re-arms the embedding timerfd to em__loop_next_deadline if that moved. */
+void em__embed_update(em_loop *loop);
+void em__embed_free(em_loop *loop);
+
+/* Work added from outside a turn (the host's code, not a callback): an
+ * embedded loop's descriptor must show it. Inside a turn the end of the
+ * turn re-arms, so this is one load and branch on the hot paths. */
+static inline void em__loop_work_added(em_loop *loop)
+{
+    if (loop->embed_timer.fd >= 0 && !loop->running)
+        em__embed_update(loop);
+}
 
 #endif

@@ -121,6 +121,9 @@ static int loop_init(em_loop *loop)
 {
     loop->backend_fd = -1;
     loop->wakeup.fd = -1;
+    loop->embed_timer.fd = -1;
+    loop->accepts_per_wakeup = EM__ACCEPTS_PER_WAKEUP;
+    loop->max_wait_ms = -1;
     em__list_init(&loop->conns);
     em__list_init(&loop->pending_unbind);
     em__list_init(&loop->servers);
@@ -161,6 +164,7 @@ static void loop_release(em_loop *loop)
     em__ring_free(&loop->schedule_spare);
     if (loop->wakeup.fd >= 0)
         close(loop->wakeup.fd);
+    em__embed_free(loop);
     em__poller_close(loop);
     pthread_mutex_destroy(&loop->schedule_lock);
     free(loop);
@@ -220,12 +224,15 @@ int em_loop_free(em_loop *loop)
     if (!loop)
         return -EINVAL;
     if (loop->running)
-        return -EBUSY;
+        return -EDEADLK; /* inside one of its callbacks: free nothing */
     int busy = !em__list_empty(&loop->conns) ||
                !em__list_empty(&loop->failed_connects) ||
                !em__list_empty(&loop->servers) ||
                !em__list_empty(&loop->pending_unbind) ||
                em_file_watch_count(loop) > 0;
+    /* The unbinds and done callbacks below run "inside" the loop: they may
+     * not free it again or run it. */
+    loop->running = 1;
     shut_everything(loop);
     em__resolver_free(loop);
     if (em__pool_free(loop) > 0)
@@ -248,26 +255,34 @@ static void run_ticks(em_loop *loop)
     }
 }
 
-static int poll_timeout(em_loop *loop, int timeout_ms)
+uint64_t em__loop_next_deadline(const em_loop *loop)
 {
     if (loop->ticks.count || atomic_load(&loop->stop_requested) ||
         !em__list_empty(&loop->pending_unbind) ||
         !em__list_empty(&loop->failed_connects) ||
-        !em__list_empty(&loop->tls_pending))
+        !em__list_empty(&loop->tls_pending) || em__fswatch_pending(loop))
         return 0;
     uint64_t next = em__timers_next(loop->timers);
     uint64_t next_timeout = em__timeouts_next(&loop->timeouts);
-    if (next_timeout < next)
-        next = next_timeout;
-    if (next == UINT64_MAX)
-        return timeout_ms;
-    if (next <= loop->now_ns)
-        return 0;
-    /* Round up so a timer is never woken for before its deadline. */
-    uint64_t wait_ms = (next - loop->now_ns + 999999) / 1000000;
-    if (timeout_ms >= 0 && wait_ms > (uint64_t)timeout_ms)
-        return timeout_ms;
-    return wait_ms > 0x7fffffff ? 0x7fffffff : (int)wait_ms;
+    return next_timeout < next ? next_timeout : next;
+}
+
+static int poll_timeout(em_loop *loop, int timeout_ms)
+{
+    uint64_t next = em__loop_next_deadline(loop);
+    int wait = timeout_ms;
+    if (next <= loop->now_ns) {
+        wait = 0;
+    } else if (next != UINT64_MAX) {
+        /* Round up so a timer is never woken for before its deadline. */
+        uint64_t wait_ms = (next - loop->now_ns + 999999) / 1000000;
+        if (timeout_ms < 0 || wait_ms < (uint64_t)timeout_ms)
+            wait = wait_ms > 0x7fffffff ? 0x7fffffff : (int)wait_ms;
+    }
+    /* The quantum (em_set_max_wait_ms) caps even an endless wait. */
+    if (loop->max_wait_ms >= 0 && (wait < 0 || wait > loop->max_wait_ms))
+        wait = loop->max_wait_ms;
+    return wait;
 }
 
 static void turn(em_loop *loop, int timeout_ms)
@@ -312,6 +327,8 @@ int em_run_once(em_loop *loop, int timeout_ms)
     turn(loop, timeout_ms);
     int stopped = finish_if_stopped(loop);
     loop->running = 0;
+    if (loop->embed_timer.fd >= 0)
+        em__embed_update(loop); /* the host polls em_backend_fd next */
     return stopped;
 }
 
@@ -326,6 +343,8 @@ int em_run(em_loop *loop)
         turn(loop, -1);
     while (!finish_if_stopped(loop));
     loop->running = 0;
+    if (loop->embed_timer.fd >= 0)
+        em__embed_update(loop);
     return 0;
 }
 
@@ -349,7 +368,10 @@ int em_next_tick(em_loop *loop, em_callback fn, void *arg)
 {
     if (!loop || !fn)
         return -EINVAL;
-    return em__ring_push(&loop->ticks, fn, arg);
+    int err = em__ring_push(&loop->ticks, fn, arg);
+    if (err == 0 && loop->ticks.count == 1)
+        em__loop_work_added(loop);
+    return err;
 }
 
 int em_schedule(em_loop *loop, em_callback fn, void *arg)
@@ -401,7 +423,36 @@ int em_set_poll_hooks(em_loop *loop, em_callback before_poll,
     return 0;
 }
 
-int em_backend_fd(const em_loop *loop)
+int em_wakeup(em_loop *loop)
 {
-    return loop ? loop->backend_fd : -EINVAL;
+    if (!loop)
+        return -EINVAL;
+    em__loop_wakeup(loop);
+    return 0;
+}
+
+int em_set_accepts_per_wakeup(em_loop *loop, int accepts)
+{
+    if (!loop || accepts < 1)
+        return -EINVAL;
+    loop->accepts_per_wakeup = accepts;
+    return 0;
+}
+
+int em_get_accepts_per_wakeup(const em_loop *loop)
+{
+    return loop ? loop->accepts_per_wakeup : -EINVAL;
+}
+
+int em_set_max_wait_ms(em_loop *loop, int ms)
+{
+    if (!loop || ms < -1)
+        return -EINVAL;
+    loop->max_wait_ms = ms;
+    return 0;
+}
+
+int em_get_max_wait_ms(const em_loop *loop)
+{
+    return loop ? loop->max_wait_ms : -EINVAL;
 }
