@@ -15,6 +15,12 @@
  *
  * Ticks and scheduled tasks live in growable rings, so queueing one costs
  * no allocation once the ring has grown to the working size.
+ *
+ * em__loop_next_deadline is the one answer to "when is there work without
+ * an event": the poll timeout, em_next_timeout_ms and the embedding timerfd
+ * (embed.c) all use it. em_set_max_wait_ms caps the poll timeout. The
+ * callbacks em_loop_free runs (unbinds, defer dones) run with `running`
+ * set, so they cannot free or run the loop they are being freed by.
  */
 #include <errno.h>
 #include <stdlib.h>
