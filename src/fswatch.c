@@ -145,10 +145,13 @@ static void end_watch(em__fswatch *fs, em_file_watch *w, int reason)
 static void end_node(em__fswatch *fs, wd_node *node, int reason)
 {
     node->kernel_gone = 1;
-    while (!em__list_empty(&node->watches)) {
+    for (;;) {
         em_file_watch *w =
             em__container_of(node->watches.next, em_file_watch, link);
+        int last = w->link.next == &node->watches;
         end_watch(fs, w, reason); /* the last one frees the node */
+        if (last)
+            return;
     }
 }
 
