@@ -569,8 +569,7 @@ typedef uint64_t em_defer_id;
 typedef void *(*em_work_fn)(void *arg);
 /* Runs on the loop thread: status 0 with work's result, or -ECANCELED
  * (result NULL) when the job was cancelled before it started. */
-typedef void (*em_done_fn)(em_loop *loop, void *arg, void *result,
-                           int status);
+typedef void (*em_done_fn)(em_loop *loop, void *arg, void *result, int status);
 
 /* Queues work(arg) for the pool; done(loop, arg, result, status) follows
  * on the loop thread, exactly once, never inside this call (done may be

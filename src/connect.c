@@ -3,7 +3,7 @@
  * em_connect_unix and em_reconnect.
  *
  * Connecting never blocks the loop thread: literals are used as they are,
- * names go to the resolver's worker threads, and every resolved address is
+ * names go to the loop's thread pool, and every resolved address is
  * tried in order with a non-blocking connect until one completes. The
  * pending-connect timeout covers the whole attempt (resolution included) and
  * reuses the connection's timeout-queue link, since a connecting connection

@@ -406,9 +406,9 @@ struct em_loop {
 
     char read_buf[EM__READ_CHUNK];
 
-    em__pool *pool; /* created by the first em_defer or resolution */
-    em__signals *signals; /* created by the first em_add_signal */
-    em__fswatch *fswatch; /* created by the first em_watch_file */
+    em__pool *pool;          /* created by the first em_defer or resolution */
+    em__signals *signals;    /* created by the first em_add_signal */
+    em__fswatch *fswatch;    /* created by the first em_watch_file */
     em__watcher embed_timer; /* timerfd once em_backend_fd was asked for */
     uint64_t embed_armed_ns; /* deadline it is armed to, UINT64_MAX none */
     int accepts_per_wakeup;
