@@ -4,22 +4,23 @@
  *   build/examples/echo_server [port]     (default 8000, 127.0.0.1)
  *
  * Prints "Opening a connection" and "Closing a connection" and answers every
- * chunk with "Client sent: <data>". Ctrl-C stops the loop cleanly: every
- * connection is unbound before em_run returns.
+ * chunk with "Client sent: <data>". Ctrl-C (SIGINT) or SIGTERM stops the
+ * loop cleanly: the signals arrive as loop callbacks (em_add_signal), and
+ * every connection is unbound before em_run returns.
  */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "em.h"
 
 static em_loop *the_loop;
 
-static void on_signal(int sig)
+static void on_signal(em_loop *loop, int signo, void *arg)
 {
-    (void)sig;
-    em_stop(the_loop); /* async-signal-safe */
+    (void)signo;
+    (void)arg;
+    em_stop(loop);
 }
 
 static void opening(em_conn *conn, void *arg)
@@ -68,11 +69,12 @@ int main(int argc, char **argv)
         em_loop_free(the_loop);
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if ((err = em_add_signal(the_loop, SIGINT, on_signal, NULL, NULL)) < 0 ||
+        (err = em_add_signal(the_loop, SIGTERM, on_signal, NULL, NULL)) < 0) {
+        fprintf(stderr, "em_add_signal: %s\n", em_strerror(err));
+        em_loop_free(the_loop);
+        return 1;
+    }
 
     printf("echo server listening on 127.0.0.1:%d\n", em_server_port(server));
     fflush(stdout);

@@ -57,8 +57,12 @@ const char *em_err_name(int err);
  * until em_loop_free(). Returns 0, -EINVAL or the errno of epoll/eventfd. */
 int em_loop_new(em_loop **out);
 
-/* Frees the loop. Live connections are unbound and servers closed first.
- * Returns 0, or -EBUSY if it had to close live handles (freed anyway). */
+/* Frees the loop. Live connections and file watches are unbound, servers
+ * closed, queued em_defer jobs cancelled and running ones waited for (their
+ * done runs here), signal handlers removed. Returns 0; -EBUSY if it had to
+ * close live handles or finish em_defer jobs (freed anyway); -EDEADLK,
+ * freeing nothing, when called from inside one of the loop's callbacks
+ * (or while em_run runs it); -EINVAL for NULL. */
 int em_loop_free(em_loop *loop);
 
 /* Runs the loop until em_stop(); then unbinds every connection and closes
@@ -109,9 +113,13 @@ size_t em_connection_count(const em_loop *loop);
 int em_set_poll_hooks(em_loop *loop, em_callback before_poll,
                       em_callback after_poll, void *arg);
 
-/* The backend's pollable descriptor (the epoll fd), readable when the loop
- * has work; for embedding in another loop. Returns it or -EINVAL. */
-int em_backend_fd(const em_loop *loop);
+/* The backend's pollable descriptor (the epoll fd), for embedding in
+ * another loop: it is readable whenever the loop has work (I/O, a due
+ * timer or timeout, a queued em_next_tick or em_schedule, a pending
+ * close); the host then calls em_run_once(loop, 0). The first call adds a
+ * timerfd to the loop for the deadlines. Returns it, -EINVAL, or -EMFILE /
+ * -ENFILE / -ENOMEM (no timerfd). Loop thread. */
+int em_backend_fd(em_loop *loop);
 
 /* ------------------------------------------------------------------ */
 /* Timers                                                               */
@@ -632,6 +640,184 @@ int em_stop_proxying(em_conn *from);
 /* Bytes proxied from `from` so far (counted while it proxied).
  * Returns them, or 0 for NULL. */
 uint64_t em_get_proxied_bytes(const em_conn *from);
+
+/* ------------------------------------------------------------------ */
+/* Thread pool                                                          */
+/* ------------------------------------------------------------------ */
+
+/*
+ * EventMachine's defer: work runs on one of the loop's pool threads, done
+ * on the loop thread afterwards. The pool starts its threads one at a time
+ * as work waits for them, up to its size (default 4); they block every
+ * signal and are joined by em_loop_free. em_connect's name resolution runs
+ * on the same pool. See docs/loop.md.
+ */
+typedef uint64_t em_defer_id;
+/* Runs on a pool thread; its return value is done's `result`. It must not
+ * call into libem except the "any thread" functions. */
+typedef void *(*em_work_fn)(void *arg);
+/* Runs on the loop thread: status 0 with work's result, or -ECANCELED
+ * (result NULL) when the job was cancelled before it started. */
+typedef void (*em_done_fn)(em_loop *loop, void *arg, void *result, int status);
+
+/* Queues work(arg) for the pool; done(loop, arg, result, status) follows
+ * on the loop thread, exactly once, never inside this call (done may be
+ * NULL). Jobs start in call order. Stores a nonzero id in *out (may be
+ * NULL). Returns 0, -EINVAL, -ENOMEM, -EAGAIN (no thread could be
+ * started), -ECANCELED (em_loop_free in progress). Loop thread. */
+int em_defer(em_loop *loop, em_work_fn work, em_done_fn done, void *arg,
+             em_defer_id *out);
+
+/* Cancels a job that has not started: its done runs later with
+ * -ECANCELED. Returns 0, -EINVAL, -EBUSY (work is running or has run: done
+ * gets its result), -EALREADY (cancelled before, done still to come) or
+ * -ENOENT (unknown id, or done has already run). Loop thread. */
+int em_cancel_defer(em_loop *loop, em_defer_id id);
+
+/* Jobs whose done has not run yet. Returns the count, 0 for NULL. */
+size_t em_defer_count(const em_loop *loop);
+
+/* Sets how many pool threads may run at once (1 to 256). Threads are still
+ * started only as work needs them; the size may not go below the threads
+ * already started. Returns 0, -EINVAL, -EBUSY (below the started threads)
+ * or -ENOMEM. Loop thread. */
+int em_set_threadpool_size(em_loop *loop, int threads);
+
+/* The pool's size. Returns it, or -EINVAL for NULL. */
+int em_threadpool_size(const em_loop *loop);
+
+/* ------------------------------------------------------------------ */
+/* Signals                                                              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Signals as ordinary callbacks on the loop thread, through a signalfd:
+ * a handled signal is blocked in the thread that adds its first handler
+ * (call these on the loop's thread) and read by the loop. Every other
+ * thread of the process must block it too, or a signal sent to the process
+ * may go to one of them and take its default action: add handlers before
+ * starting threads (threads inherit the mask; libem's own threads block
+ * every signal), or block the signal in them yourself. A child started with
+ * fork/exec inherits the blocked mask: unblock in the child before exec.
+ * Standard signals that arrive again before the loop reads them are
+ * delivered once; real-time signals queue. See docs/loop.md.
+ */
+typedef uint64_t em_signal_id;
+typedef void (*em_signal_fn)(em_loop *loop, int signo, void *arg);
+
+/* Calls fn(loop, signo, arg) on the loop thread each time signo arrives,
+ * after every handler added before it for the same signal. A loop may have
+ * several handlers per signal; several loops (on their own threads) may
+ * handle one signal: a signal sent to a thread reaches that thread's loop,
+ * one sent to the process reaches one of them. A signal the process ignores
+ * (SIG_IGN) is set to SIG_DFL while handled. Stores a nonzero id in *out
+ * (may be NULL). Returns 0, -EINVAL (NULL, or a signal that cannot be
+ * handled here: SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL, glibc's
+ * 32 .. SIGRTMIN-1, out of range), -ENOMEM, -EMFILE/-ENFILE (no descriptor
+ * for the signalfd). Loop thread. */
+int em_add_signal(em_loop *loop, int signo, em_signal_fn fn, void *arg,
+                  em_signal_id *out);
+
+/* Removes a handler, also from inside a handler (a removed handler is not
+ * called again, even for the signal being delivered). When the last
+ * handler of a signal goes, a pending instance of it is discarded and the
+ * thread's mask (and SIG_IGN) is restored. em_loop_free does the same for
+ * every handler left. Returns 0, -EINVAL or -ENOENT (unknown or removed
+ * id). Loop thread: the thread that added the first handler. */
+int em_remove_signal(em_loop *loop, em_signal_id id);
+
+/* Number of signal handlers on the loop. Returns it, 0 for NULL. */
+size_t em_signal_count(const em_loop *loop);
+
+/* ------------------------------------------------------------------ */
+/* File watching                                                        */
+/* ------------------------------------------------------------------ */
+
+/*
+ * EventMachine's watch_file, on inotify (one descriptor per loop, shared by
+ * every watch). A watch is a handle with its own small handler, not a
+ * connection: it gets file_modified, file_moved and file_deleted, and
+ * unbind once, last, as connections do. See docs/loop.md.
+ */
+typedef struct em_file_watch em_file_watch;
+
+/* Every slot may be NULL; the handler must outlive its watches. */
+typedef struct em_file_handler {
+    /* The file's contents changed (a write or a truncation; not metadata). */
+    void (*file_modified)(em_file_watch *watch, void *arg);
+    /* The file was renamed or moved; the watch goes on, and
+     * em_file_watch_path keeps the path it was started with. */
+    void (*file_moved)(em_file_watch *watch, void *arg);
+    /* The file is gone: its last link was removed and the last descriptor
+     * to it closed. The watch then ends (unbind follows with 0). */
+    void (*file_deleted)(em_file_watch *watch, void *arg);
+    /* The watch ended: 0 after em_stop_watching, file_deleted, em_stop or
+     * em_loop_free; -ENODEV when its file system was unmounted. The watch
+     * is freed when this returns. */
+    void (*unbind)(em_file_watch *watch, void *arg, int reason);
+} em_file_handler;
+
+/* Watches the file (or directory: then only its own move or deletion is
+ * reported) at path. Several watches may watch one file; each gets every
+ * event. Events that arrive faster than the loop reads them may merge; if
+ * the kernel's queue overflows, every watch gets file_modified. Stores the
+ * watch in *out (may be NULL). Returns 0, -EINVAL (NULL or empty
+ * argument), -ECANCELED (the loop is stopping), -ENOENT, -ENOTDIR,
+ * -EACCES, -ENAMETOOLONG, -ELOOP (path), -ENOSPC (the user's inotify watch
+ * limit), -EMFILE (the inotify instance limit) or -ENOMEM. Loop thread. */
+int em_watch_file(em_loop *loop, const char *path,
+                  const em_file_handler *handler, void *arg,
+                  em_file_watch **out);
+
+/* Stops watching; unbind(watch, arg, 0) follows after the current
+ * callback, never inside this call. Stopping a watch that already ended
+ * (its unbind pending or running) is harmless. Returns 0 or -EINVAL.
+ * Loop thread. */
+int em_stop_watching(em_file_watch *watch);
+
+/* The path the watch was started with (owned by the watch, valid until its
+ * unbind returns), or NULL for NULL. */
+const char *em_file_watch_path(const em_file_watch *watch);
+
+/* The loop of the watch, or NULL for NULL. */
+em_loop *em_file_watch_loop(const em_file_watch *watch);
+
+/* Live watches on the loop. Returns the count, 0 for NULL. */
+size_t em_file_watch_count(const em_loop *loop);
+
+/* ------------------------------------------------------------------ */
+/* Loop settings, embedding and wakeups                                 */
+/* ------------------------------------------------------------------ */
+
+/* Milliseconds until the loop next has work without an event (its earliest
+ * timer or timeout), 0 when it has some now, -1 when it has none; capped
+ * by em_set_max_wait_ms. What em_run_once(loop, -1) would wait, from the
+ * current clock. Returns it, or -EINVAL for NULL. Loop thread. */
+int em_next_timeout_ms(const em_loop *loop);
+
+/* Makes the loop's blocked poll return at once (em_run goes on with its
+ * next turn; em_run_once returns 0). Any thread, and async-signal-safe
+ * (one eventfd write): e.g. an interrupt from a language runtime, or a
+ * signal handler that set a flag the loop checks. Returns 0 or -EINVAL. */
+int em_wakeup(em_loop *loop);
+
+/* How many connections a listener accepts per readiness event before other
+ * events get their turn (default 64; EventMachine's simultaneous accept
+ * count). Applies to every listener of the loop, at once. Returns 0 or
+ * -EINVAL (NULL, accepts < 1). Loop thread. */
+int em_set_accepts_per_wakeup(em_loop *loop, int accepts);
+
+/* The accepts per wakeup. Returns it, or -EINVAL for NULL. */
+int em_get_accepts_per_wakeup(const em_loop *loop);
+
+/* Caps every poll wait at ms milliseconds (EventMachine's timer quantum),
+ * so the loop turns at least that often even with nothing to do, e.g. for a
+ * binding that checks interrupts between turns; -1 (the default) removes
+ * the cap. Returns 0 or -EINVAL (NULL, ms < -1). Loop thread. */
+int em_set_max_wait_ms(em_loop *loop, int ms);
+
+/* The cap on the poll wait (-1 none). Returns it, or -EINVAL for NULL. */
+int em_get_max_wait_ms(const em_loop *loop);
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,7 @@
  * em_connect_unix and em_reconnect.
  *
  * Connecting never blocks the loop thread: literals are used as they are,
- * names go to the resolver's worker threads, and every resolved address is
+ * names go to the loop's thread pool, and every resolved address is
  * tried in order with a non-blocking connect until one completes. The
  * pending-connect timeout covers the whole attempt (resolution included) and
  * reuses the connection's timeout-queue link, since a connecting connection
@@ -42,6 +42,7 @@ static void fail_later(em_conn *conn, int err)
     em__timeout_disarm(conn);
     em__list_remove(&conn->link);
     em__list_push_back(&conn->loop->failed_connects, &conn->link);
+    em__loop_work_added(conn->loop);
 }
 
 void em__connect_run_failures(em_loop *loop)

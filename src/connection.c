@@ -88,6 +88,7 @@ void em__conn_close_now(em_conn *conn, int reason)
     em__timeout_disarm(conn);
     em__list_remove(&conn->link);
     em__list_push_back(&conn->loop->pending_unbind, &conn->link);
+    em__loop_work_added(conn->loop);
 }
 
 /* close(2) on a socket with unread input sends RST instead of FIN, and an
@@ -168,6 +169,8 @@ void em__conn_reap(em_loop *loop)
     }
     if (!em__list_empty(&loop->dead_servers))
         free_dead_servers(loop);
+    if (loop->fswatch)
+        em__fswatch_reap(loop);
 }
 
 /* ---- write path ------------------------------------------------------ */

@@ -14,7 +14,11 @@
  *   tls_context.c  SSL_CTX cache per loop, options, certificates, sessions
  *   server.c     TCP and Unix listeners, accept
  *   connect.c    outbound connections, reconnect
- *   resolve.c    off-thread getaddrinfo
+ *   resolve.c    off-thread getaddrinfo (jobs on the pool)
+ *   pool.c       the loop's thread pool: em_defer, resolver jobs
+ *   signals.c    em_add_signal: signals through a signalfd
+ *   fswatch.c    em_watch_file: inotify
+ *   embed.c      em_backend_fd's timerfd, em_next_timeout_ms
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   error.c      em_strerror, em_err_name
@@ -36,7 +40,7 @@ struct addrinfo;
 
 #define EM__READ_CHUNK (64 * 1024) /* one loop-owned read buffer */
 #define EM__READS_PER_WAKEUP 4     /* fairness bound per readable event */
-#define EM__ACCEPTS_PER_WAKEUP 64  /* fairness bound per listener event */
+#define EM__ACCEPTS_PER_WAKEUP 64  /* default em_set_accepts_per_wakeup */
 #define EM__MAX_EVENTS 256         /* epoll_wait batch */
 #define EM__IOV_MAX 64             /* iovecs per writev */
 #define EM__DEFAULT_CONNECT_TIMEOUT_MS 20000
@@ -339,6 +343,65 @@ struct em_server {
     char *unix_path; /* owned; NULL for TCP */
 };
 
+/* ---- thread pool (pool.c) ------------------------------------------- */
+
+typedef struct em__pool em__pool;
+typedef struct em__job em__job;
+/* Runs on a pool worker, without the pool's lock. */
+typedef void (*em__job_work_fn)(em__job *job);
+/* Runs on the loop thread: status 0 once work ran, -ECANCELED when
+ * em__pool_cancel (or em_loop_free) took it off the queue first. The job
+ * belongs to the callee from then on. */
+typedef void (*em__job_done_fn)(em_loop *loop, em__job *job, int status);
+/* Frees an abandoned job; on a worker or the loop thread. */
+typedef void (*em__job_drop_fn)(em__job *job);
+
+/* Embedded in the user's record; the pool owns the fields below `drop`. */
+struct em__job {
+    em__job_work_fn work;
+    em__job_done_fn done;
+    em__job_drop_fn drop;
+    em__link link;
+    int state;
+    int status;
+    int abandoned;
+};
+
+/* Queues job (work, done, drop set); creates the pool on first use.
+ * Returns 0, -ENOMEM, -EAGAIN (no thread could start), -ECANCELED (the
+ * loop is being freed). Loop thread. */
+int em__pool_submit(em_loop *loop, em__job *job);
+/* A queued job's done runs later with -ECANCELED: 0. Running or finished:
+ * -EBUSY; cancelled already: -EALREADY. Loop thread. */
+int em__pool_cancel(em_loop *loop, em__job *job);
+/* done will never run; drop frees the job now or when its work returns. */
+void em__pool_abandon(em_loop *loop, em__job *job);
+/* Wakeup hook: runs the done functions of finished jobs. */
+void em__pool_deliver(em_loop *loop);
+/* Cancels queued jobs, joins the workers, runs every done left and frees
+ * the pool. Returns how many em_defer jobs were still outstanding. */
+size_t em__pool_free(em_loop *loop);
+
+/* ---- signals (signals.c) --------------------------------------------- */
+
+typedef struct em__signals em__signals;
+/* Restores the thread's mask for every handled signal, closes the
+ * signalfd. */
+void em__signals_free(em_loop *loop);
+
+/* ---- file watches (fswatch.c) ---------------------------------------- */
+
+typedef struct em__fswatch em__fswatch;
+/* Runs the unbind of every watch that ended (from em__conn_reap). */
+void em__fswatch_reap(em_loop *loop);
+/* Ends every watch (em_stop, em_loop_free); em__fswatch_reap unbinds. */
+void em__fswatch_end_all(em_loop *loop);
+/* Ends and unbinds what is left, closes the inotify descriptor. Returns
+ * how many watches were still live. */
+size_t em__fswatch_free(em_loop *loop);
+/* Is an unbind of an ended watch due? */
+int em__fswatch_pending(const em_loop *loop);
+
 /* ---- resolver (resolve.c) -------------------------------------------- */
 
 typedef struct em__resolver em__resolver;
@@ -350,8 +413,9 @@ typedef struct em__resolve_job em__resolve_job;
 int em__resolve_start(em_loop *loop, const char *host, int port,
                       em__resolve_fn fn, void *ctx, em__resolve_job **out);
 void em__resolve_cancel(em_loop *loop, em__resolve_job *job);
-/* Wakeup hook: delivers finished jobs. */
+/* Delivers finished jobs (em__pool_deliver). */
 void em__resolver_deliver(em_loop *loop);
+/* Abandons the jobs in flight; before em__pool_free. */
 void em__resolver_free(em_loop *loop);
 
 /* An outbound connect in progress (connect.c). */
@@ -430,10 +494,36 @@ struct em_loop {
     void *poll_hook_arg;
 
     char read_buf[EM__READ_CHUNK];
+
+    em__pool *pool;          /* created by the first em_defer or resolution */
+    em__signals *signals;    /* created by the first em_add_signal */
+    em__fswatch *fswatch;    /* created by the first em_watch_file */
+    em__watcher embed_timer; /* timerfd once em_backend_fd was asked for */
+    uint64_t embed_armed_ns; /* deadline it is armed to, UINT64_MAX none */
+    int accepts_per_wakeup;
+    int max_wait_ms; /* -1: no cap */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */
 void em__loop_wakeup(em_loop *loop);
 uint64_t em__clock_ns(void);
+/* When the loop next has work without an event: 0 if it has some now,
+ * else the earliest timer or timeout (loop clock, ns), UINT64_MAX none. */
+uint64_t em__loop_next_deadline(const em_loop *loop);
+
+/* ---- embedding (embed.c) --------------------------------------------- */
+
+/* Re-arms the embedding timerfd to em__loop_next_deadline if that moved. */
+void em__embed_update(em_loop *loop);
+void em__embed_free(em_loop *loop);
+
+/* Work added from outside a turn (the host's code, not a callback): an
+ * embedded loop's descriptor must show it. Inside a turn the end of the
+ * turn re-arms, so this is one load and branch on the hot paths. */
+static inline void em__loop_work_added(em_loop *loop)
+{
+    if (loop->embed_timer.fd >= 0 && !loop->running)
+        em__embed_update(loop);
+}
 
 #endif

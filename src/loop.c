@@ -7,7 +7,7 @@
  * Connections are freed only there, so a watcher pointer from the current
  * epoll batch never dangles.
  *
- * Cross-thread work (em_schedule, em_stop, resolver results) wakes the loop
+ * Cross-thread work (em_schedule, em_stop, pool results) wakes the loop
  * through one eventfd. em_stop only stores an atomic flag and writes the
  * eventfd, both async-signal-safe, so it works from signal handlers; the
  * loop thread does the actual shutdown. A pipe pair was the alternative; an
@@ -15,6 +15,12 @@
  *
  * Ticks and scheduled tasks live in growable rings, so queueing one costs
  * no allocation once the ring has grown to the working size.
+ *
+ * em__loop_next_deadline is the one answer to "when is there work without
+ * an event": the poll timeout, em_next_timeout_ms and the embedding timerfd
+ * (embed.c) all use it. em_set_max_wait_ms caps the poll timeout. The
+ * callbacks em_loop_free runs (unbinds, defer dones) run with `running`
+ * set, so they cannot free or run the loop they are being freed by.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -111,8 +117,8 @@ static void on_wakeup(em_loop *loop, em__watcher *w, unsigned revents)
     ssize_t n = read(w->fd, &value, sizeof(value));
     (void)n;
     run_scheduled(loop);
-    if (loop->resolver)
-        em__resolver_deliver(loop);
+    if (loop->pool)
+        em__pool_deliver(loop);
 }
 
 /* ---- life cycle ------------------------------------------------------ */
@@ -121,6 +127,9 @@ static int loop_init(em_loop *loop)
 {
     loop->backend_fd = -1;
     loop->wakeup.fd = -1;
+    loop->embed_timer.fd = -1;
+    loop->accepts_per_wakeup = EM__ACCEPTS_PER_WAKEUP;
+    loop->max_wait_ms = -1;
     em__list_init(&loop->conns);
     em__list_init(&loop->pending_unbind);
     em__list_init(&loop->servers);
@@ -146,6 +155,12 @@ static void loop_release(em_loop *loop)
 {
     if (loop->resolver)
         em__resolver_free(loop);
+    if (loop->pool)
+        em__pool_free(loop);
+    if (loop->signals)
+        em__signals_free(loop);
+    if (loop->fswatch)
+        em__fswatch_free(loop);
     if (loop->tls_cache)
         em__tls_cache_free(loop);
     em__file_loop_free(loop);
@@ -156,6 +171,7 @@ static void loop_release(em_loop *loop)
     em__ring_free(&loop->schedule_spare);
     if (loop->wakeup.fd >= 0)
         close(loop->wakeup.fd);
+    em__embed_free(loop);
     em__poller_close(loop);
     pthread_mutex_destroy(&loop->schedule_lock);
     free(loop);
@@ -193,6 +209,8 @@ static void close_all(em__link *list)
 static void shut_everything(em_loop *loop)
 {
     loop->stopping = 1;
+    if (loop->fswatch)
+        em__fswatch_end_all(loop);
     while (!em__list_empty(&loop->servers)) {
         em_server *server =
             em__container_of(loop->servers.next, em_server, link);
@@ -213,12 +231,19 @@ int em_loop_free(em_loop *loop)
     if (!loop)
         return -EINVAL;
     if (loop->running)
-        return -EBUSY;
+        return -EDEADLK; /* inside one of its callbacks: free nothing */
     int busy = !em__list_empty(&loop->conns) ||
                !em__list_empty(&loop->failed_connects) ||
                !em__list_empty(&loop->servers) ||
-               !em__list_empty(&loop->pending_unbind);
+               !em__list_empty(&loop->pending_unbind) ||
+               em_file_watch_count(loop) > 0;
+    /* The unbinds and done callbacks below run "inside" the loop: they may
+     * not free it again or run it. */
+    loop->running = 1;
     shut_everything(loop);
+    em__resolver_free(loop);
+    if (em__pool_free(loop) > 0)
+        busy = 1; /* em_defer work was cancelled or waited for */
     loop_release(loop);
     return busy ? -EBUSY : 0;
 }
@@ -237,26 +262,34 @@ static void run_ticks(em_loop *loop)
     }
 }
 
-static int poll_timeout(em_loop *loop, int timeout_ms)
+uint64_t em__loop_next_deadline(const em_loop *loop)
 {
     if (loop->ticks.count || atomic_load(&loop->stop_requested) ||
         !em__list_empty(&loop->pending_unbind) ||
         !em__list_empty(&loop->failed_connects) ||
-        !em__list_empty(&loop->tls_pending))
+        !em__list_empty(&loop->tls_pending) || em__fswatch_pending(loop))
         return 0;
     uint64_t next = em__timers_next(loop->timers);
     uint64_t next_timeout = em__timeouts_next(&loop->timeouts);
-    if (next_timeout < next)
-        next = next_timeout;
-    if (next == UINT64_MAX)
-        return timeout_ms;
-    if (next <= loop->now_ns)
-        return 0;
-    /* Round up so a timer is never woken for before its deadline. */
-    uint64_t wait_ms = (next - loop->now_ns + 999999) / 1000000;
-    if (timeout_ms >= 0 && wait_ms > (uint64_t)timeout_ms)
-        return timeout_ms;
-    return wait_ms > 0x7fffffff ? 0x7fffffff : (int)wait_ms;
+    return next_timeout < next ? next_timeout : next;
+}
+
+static int poll_timeout(em_loop *loop, int timeout_ms)
+{
+    uint64_t next = em__loop_next_deadline(loop);
+    int wait = timeout_ms;
+    if (next <= loop->now_ns) {
+        wait = 0;
+    } else if (next != UINT64_MAX) {
+        /* Round up so a timer is never woken for before its deadline. */
+        uint64_t wait_ms = (next - loop->now_ns + 999999) / 1000000;
+        if (timeout_ms < 0 || wait_ms < (uint64_t)timeout_ms)
+            wait = wait_ms > 0x7fffffff ? 0x7fffffff : (int)wait_ms;
+    }
+    /* The quantum (em_set_max_wait_ms) caps even an endless wait. */
+    if (loop->max_wait_ms >= 0 && (wait < 0 || wait > loop->max_wait_ms))
+        wait = loop->max_wait_ms;
+    return wait;
 }
 
 static void turn(em_loop *loop, int timeout_ms)
@@ -301,6 +334,8 @@ int em_run_once(em_loop *loop, int timeout_ms)
     turn(loop, timeout_ms);
     int stopped = finish_if_stopped(loop);
     loop->running = 0;
+    if (loop->embed_timer.fd >= 0)
+        em__embed_update(loop); /* the host polls em_backend_fd next */
     return stopped;
 }
 
@@ -315,6 +350,8 @@ int em_run(em_loop *loop)
         turn(loop, -1);
     while (!finish_if_stopped(loop));
     loop->running = 0;
+    if (loop->embed_timer.fd >= 0)
+        em__embed_update(loop);
     return 0;
 }
 
@@ -338,7 +375,10 @@ int em_next_tick(em_loop *loop, em_callback fn, void *arg)
 {
     if (!loop || !fn)
         return -EINVAL;
-    return em__ring_push(&loop->ticks, fn, arg);
+    int err = em__ring_push(&loop->ticks, fn, arg);
+    if (err == 0 && loop->ticks.count == 1)
+        em__loop_work_added(loop);
+    return err;
 }
 
 int em_schedule(em_loop *loop, em_callback fn, void *arg)
@@ -390,7 +430,36 @@ int em_set_poll_hooks(em_loop *loop, em_callback before_poll,
     return 0;
 }
 
-int em_backend_fd(const em_loop *loop)
+int em_wakeup(em_loop *loop)
 {
-    return loop ? loop->backend_fd : -EINVAL;
+    if (!loop)
+        return -EINVAL;
+    em__loop_wakeup(loop);
+    return 0;
+}
+
+int em_set_accepts_per_wakeup(em_loop *loop, int accepts)
+{
+    if (!loop || accepts < 1)
+        return -EINVAL;
+    loop->accepts_per_wakeup = accepts;
+    return 0;
+}
+
+int em_get_accepts_per_wakeup(const em_loop *loop)
+{
+    return loop ? loop->accepts_per_wakeup : -EINVAL;
+}
+
+int em_set_max_wait_ms(em_loop *loop, int ms)
+{
+    if (!loop || ms < -1)
+        return -EINVAL;
+    loop->max_wait_ms = ms;
+    return 0;
+}
+
+int em_get_max_wait_ms(const em_loop *loop)
+{
+    return loop ? loop->max_wait_ms : -EINVAL;
 }

@@ -291,7 +291,7 @@ static void on_accept(em_loop *loop, em__watcher *w, unsigned revents)
 {
     (void)revents;
     em_server *server = em__container_of(w, em_server, watcher);
-    for (int i = 0; i < EM__ACCEPTS_PER_WAKEUP && server->watcher.fd >= 0;
+    for (int i = 0; i < loop->accepts_per_wakeup && server->watcher.fd >= 0;
          i++) {
         int fd = accept4(server->watcher.fd, NULL, NULL,
                          SOCK_NONBLOCK | SOCK_CLOEXEC);

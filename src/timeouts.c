@@ -92,6 +92,7 @@ int em__timeout_arm(em_conn *conn, uint64_t duration_ns)
      * keeps the queue sorted only for bases that are "now". */
     conn->timeout_base_ns = conn->loop->now_ns;
     em__list_push_back(&q->members, &conn->timeout_link);
+    em__loop_work_added(conn->loop);
     return 0;
 }
 

@@ -422,6 +422,8 @@ static int timer_add(em_loop *loop, uint64_t interval_ns, int periodic,
     uint32_t pos = t->count++;
     heap_place(t, pos, entry);
     sift_up(t, pos);
+    if (timer->pos == 0)
+        em__loop_work_added(loop); /* a new earliest deadline */
     if (out != NULL)
         *out = ((em_timer_id)timer->generation << 32) | (slot + 1u);
     return 0;

@@ -473,8 +473,10 @@ unsigned em__tls_interest(const em_conn *conn, unsigned wanted)
 void em__tls_schedule(em_conn *conn)
 {
     em__tls *t = conn->tls;
-    if (t->ssl && !em__list_linked(&t->pending_link))
+    if (t->ssl && !em__list_linked(&t->pending_link)) {
         em__list_push_back(&conn->loop->tls_pending, &t->pending_link);
+        em__loop_work_added(conn->loop);
+    }
 }
 
 void em__tls_run_pending(em_loop *loop)

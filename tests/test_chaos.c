@@ -1886,7 +1886,7 @@ static void reentry_rows(em_loop *L, void *arg)
 {
     const arg_row rows[] = {
         ROW(em_run(L), -EBUSY), ROW(em_run_once(L, 0), -EBUSY),
-        ROW(em_loop_free(L), -EBUSY), /* not freed: it is running */
+        ROW(em_loop_free(L), -EDEADLK), /* not freed: it is running */
     };
     check_rows(rows, sizeof rows / sizeof rows[0]);
     *(int *)arg = 1;

@@ -3,7 +3,9 @@
  * callback, another thread and a signal handler), shutdown unbinding every
  * connection, next-tick ordering and fairness, em_schedule across threads,
  * cached time, connection counts, poll hooks, em_backend_fd, em_loop_free
- * with live handles, NULL arguments and re-entry.
+ * with live handles and from inside its own callbacks (-EDEADLK),
+ * em_wakeup, the poll-wait cap, accepts per wakeup, NULL arguments and
+ * re-entry.
  */
 #include <errno.h>
 #include <poll.h>
@@ -945,7 +947,10 @@ static void reenter_tick(em_loop *loop, void *arg)
     em_stop(loop);
 }
 
-Test(loop, reentering_from_a_callback_is_ebusy, .timeout = TH_TIMEOUT(10))
+/* Running again from a callback is -EBUSY; freeing is -EDEADLK, which a
+ * caller cannot confuse with "freed with live handles" (-EBUSY). */
+Test(loop, reentering_from_a_callback_is_ebusy_freeing_is_edeadlk,
+     .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
     struct reentry r = {0};
@@ -954,12 +959,219 @@ Test(loop, reentering_from_a_callback_is_ebusy, .timeout = TH_TIMEOUT(10))
     cr_assert(r.ran);
     cr_assert_eq(r.run_rc, -EBUSY);
     cr_assert_eq(r.run_once_rc, -EBUSY);
-    cr_assert_eq(r.free_rc, -EBUSY);
+    cr_assert_eq(r.free_rc, -EDEADLK);
 
     memset(&r, 0, sizeof r);
     cr_assert_eq(em_next_tick(loop, reenter_tick, &r), 0);
     cr_assert_eq(em_run_once(loop, 0), 1);
     cr_assert_eq(r.run_rc, -EBUSY);
     cr_assert_eq(r.run_once_rc, -EBUSY);
+    cr_assert_eq(r.free_rc, -EDEADLK);
+    th_free_loop(loop);
+}
+
+/* ---- em_loop_free from callbacks it runs itself ------------------------ */
+
+struct free_inside {
+    em_loop *loop;
+    int timer_rc;
+    int unbind_free_rc;
+    int unbind_run_once_rc;
+    int done_free_rc;
+    int unbinds;
+    int dones;
+};
+
+static struct free_inside free_inside;
+
+static void free_in_timer(em_loop *loop, void *arg)
+{
+    (void)arg;
+    free_inside.timer_rc = em_loop_free(loop);
+}
+
+static void free_in_unbind(em_conn *conn, int reason)
+{
+    (void)reason;
+    free_inside.unbinds++;
+    free_inside.unbind_free_rc = em_loop_free(em_conn_loop(conn));
+    free_inside.unbind_run_once_rc = em_run_once(em_conn_loop(conn), 0);
+}
+
+static const em_handler free_in_unbind_handler = {.unbind = free_in_unbind};
+
+static void *idle_work(void *arg)
+{
+    return arg;
+}
+
+static void free_in_done(em_loop *loop, void *arg, void *result, int status)
+{
+    (void)arg;
+    (void)result;
+    (void)status;
+    free_inside.dones++;
+    free_inside.done_free_rc = em_loop_free(loop);
+}
+
+Test(loop, free_inside_its_own_callbacks_is_edeadlk_and_frees_nothing,
+     .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    memset(&free_inside, 0, sizeof free_inside);
+    cr_assert_eq(em_add_timer(loop, 0, free_in_timer, NULL, NULL), 0);
+    th_run_for(loop, 0.02);
+    cr_assert_eq(free_inside.timer_rc, -EDEADLK);
+    cr_assert_eq(em_timer_count(loop), 0, "the loop still works");
+
+    /* Callbacks run by em_loop_free itself: an unbind and a defer's done. */
+    em_server *server = th_start_server(loop, &free_in_unbind_handler, NULL);
+    int fd = th_client_connect(th_listen_port(server));
+    while (em_connection_count(loop) == 0)
+        cr_assert_geq(em_run_once(loop, 10), 0);
+    cr_assert_eq(em_defer(loop, idle_work, free_in_done, NULL, NULL), 0);
+    cr_assert_eq(em_loop_free(loop), -EBUSY);
+    cr_assert_eq(free_inside.unbinds, 1);
+    cr_assert_eq(free_inside.unbind_free_rc, -EDEADLK);
+    cr_assert_eq(free_inside.unbind_run_once_rc, -EBUSY);
+    cr_assert_eq(free_inside.dones, 1);
+    cr_assert_eq(free_inside.done_free_rc, -EDEADLK);
+    close(fd);
+}
+
+/* ---- em_wakeup ------------------------------------------------------- */
+
+static void *wakeup_later(void *arg)
+{
+    th_sleep_ms(100);
+    cr_assert_eq(em_wakeup(arg), 0);
+    return NULL;
+}
+
+static em_loop *wakeup_signal_loop;
+static volatile sig_atomic_t wakeup_signal_rc = 1;
+
+static void wakeup_from_signal(int sig)
+{
+    (void)sig;
+    wakeup_signal_rc = em_wakeup(wakeup_signal_loop);
+}
+
+Test(loop, wakeup_from_a_thread_and_a_signal_handler, .timeout = TH_TIMEOUT(20))
+{
+    em_loop *loop = th_loop();
+    cr_assert_eq(em_wakeup(NULL), -EINVAL);
+
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, wakeup_later, loop), 0);
+    double t0 = th_now();
+    cr_assert_eq(em_run_once(loop, 10000), 0);
+    double elapsed = th_now() - t0;
+    pthread_join(thread, NULL);
+    cr_assert_lt(elapsed, TH_TIMEOUT(3.0), "not woken: %.2f s", elapsed);
+
+    wakeup_signal_loop = loop;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = wakeup_from_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART; /* the wakeup, not EINTR, must end the wait */
+    cr_assert_eq(sigaction(SIGALRM, &sa, NULL), 0);
+    struct itimerval it = {.it_value = {.tv_sec = 0, .tv_usec = 100000}};
+    cr_assert_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+    t0 = th_now();
+    while (wakeup_signal_rc != 0) {
+        cr_assert_lt(th_now() - t0, TH_TIMEOUT(3.0), "no signal");
+        cr_assert_eq(em_run_once(loop, 10000), 0);
+    }
+    cr_assert_lt(th_now() - t0, TH_TIMEOUT(3.0));
+    /* Idle again: the wakeup was consumed. */
+    cr_assert_eq(em_run_once(loop, 0), 0);
+    struct pollfd p = {.fd = em_backend_fd(loop), .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 0), 0);
+    th_free_loop(loop);
+}
+
+/* ---- the quantum: em_set_max_wait_ms --------------------------------- */
+
+static void count_before_poll(em_loop *loop, void *arg)
+{
+    (void)loop;
+    (*(int *)arg)++;
+}
+
+static void stop_timer(em_loop *loop, void *arg)
+{
+    (void)arg;
+    em_stop(loop);
+}
+
+Test(loop, max_wait_caps_every_poll, .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    cr_assert_eq(em_get_max_wait_ms(loop), -1, "no cap by default");
+    cr_assert_eq(em_set_max_wait_ms(loop, 20), 0);
+    cr_assert_eq(em_get_max_wait_ms(loop), 20);
+    double t0 = th_now();
+    cr_assert_eq(em_run_once(loop, -1), 0, "an endless wait was not capped");
+    cr_assert_lt(th_now() - t0, TH_TIMEOUT(1.0));
+
+    /* em_run turns at least every 20 ms with nothing to do. */
+    int polls = 0;
+    cr_assert_eq(em_set_poll_hooks(loop, count_before_poll, NULL, &polls), 0);
+    cr_assert_eq(em_add_timer(loop, 0.3, stop_timer, NULL, NULL), 0);
+    cr_assert_eq(em_run(loop), 0);
+    cr_assert_geq(polls, 5, "only %d polls in 0.3 s", polls);
+
+    cr_assert_eq(em_set_max_wait_ms(loop, -1), 0);
+    cr_assert_eq(em_set_max_wait_ms(loop, -2), -EINVAL);
+    cr_assert_eq(em_set_max_wait_ms(NULL, 5), -EINVAL);
+    cr_assert_eq(em_get_max_wait_ms(NULL), -EINVAL);
+    th_free_loop(loop);
+}
+
+/* ---- accepts per wakeup ------------------------------------------------ */
+
+static void count_accept(em_conn *conn, void *arg)
+{
+    (void)conn;
+    (*(int *)arg)++;
+}
+
+static const em_handler accept_counter = {.post_init = count_accept};
+
+Test(loop, accepts_per_wakeup_bounds_each_listener_event,
+     .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    cr_assert_eq(em_get_accepts_per_wakeup(loop), 64);
+    cr_assert_eq(em_set_accepts_per_wakeup(loop, 0), -EINVAL);
+    cr_assert_eq(em_set_accepts_per_wakeup(loop, -1), -EINVAL);
+    cr_assert_eq(em_set_accepts_per_wakeup(NULL, 1), -EINVAL);
+    cr_assert_eq(em_get_accepts_per_wakeup(NULL), -EINVAL);
+    cr_assert_eq(em_set_accepts_per_wakeup(loop, 2), 0);
+    cr_assert_eq(em_get_accepts_per_wakeup(loop), 2);
+
+    int accepted = 0;
+    em_server *server = th_start_server(loop, &accept_counter, &accepted);
+    enum { N = 5 };
+    int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = th_client_connect(th_listen_port(server));
+    /* All five wait in the backlog: each turn takes two. */
+    cr_assert_eq(em_run_once(loop, 1000), 0);
+    cr_assert_eq(accepted, 2);
+    cr_assert_eq(em_run_once(loop, 1000), 0);
+    cr_assert_eq(accepted, 4);
+
+    /* The default takes the rest of a burst at once. */
+    cr_assert_eq(em_set_accepts_per_wakeup(loop, 64), 0);
+    cr_assert_eq(em_run_once(loop, 1000), 0);
+    cr_assert_eq(accepted, 5);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    cr_assert_eq(em_stop_server(server), 0);
+    while (em_connection_count(loop) > 0)
+        cr_assert_geq(em_run_once(loop, 10), 0);
     th_free_loop(loop);
 }
