@@ -1000,9 +1000,9 @@ Test(data, close_write_half_closes_after_the_queue, .timeout = TH_TIMEOUT(20))
     s_finish(loop, srv);
 }
 
-/* Bigger than loopback's socket buffers can absorb (autotuning lets the
- * kernel take several MiB), so part of it must wait in the queue. */
-#define ANSWER_SIZE (32 * MiB)
+/* Small socket buffers on both ends (autotuning would let the kernel take
+ * tens of MiB) so that most of the answer must wait in the queue. */
+#define ANSWER_SIZE (4 * MiB)
 
 static size_t answer_queued;
 
@@ -1013,6 +1013,9 @@ static void answer_on_request(em_conn *conn, const char *data, size_t len)
     if (S.in_len < 4 || memcmp(S.in, "GET\n", 4) != 0)
         return;
     cr_assert_eq(S.in_len, 4, "bytes after the request");
+    int small = 64 * 1024;
+    cr_assert_eq(
+        em_set_sock_opt(conn, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
     size_t offset = 0;
     send_pattern(conn, &offset, ANSWER_SIZE);
     answer_queued = em_get_outbound_data_size(conn);
@@ -1027,6 +1030,9 @@ Test(data, peer_eof_with_queued_data_finishes_sending,
     em_loop *loop = th_loop();
     int fd;
     em_server *srv = s_start(loop, &fd);
+    int small = 64 * 1024;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)),
+                 0);
 
     th_send_all(fd, "GET\n", 4);
     cr_assert_eq(shutdown(fd, SHUT_WR), 0);

@@ -59,7 +59,18 @@ typedef struct sender {
     int send_err;
     size_t outbound_after;
     int close_after;
+    int small_buffers; /* so most of a file must wait in the queue */
 } sender;
+
+/* A client whose kernel buffers cannot absorb a file of a few MiB. */
+static int small_client(int port)
+{
+    int fd = th_client_connect(port);
+    int small = 64 * 1024;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)),
+                 0);
+    return fd;
+}
 
 static void on_done(em_conn *conn, int err, void *arg)
 {
@@ -75,6 +86,12 @@ static void sender_post_init(em_conn *conn, void *arg)
 {
     sender *s = arg;
     th_echo_post_init(conn, &s->echo);
+    if (s->small_buffers) {
+        int small = 64 * 1024;
+        cr_assert_eq(
+            em_set_sock_opt(conn, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)),
+            0);
+    }
     if (!s->path)
         return;
     if (s->use_stream) {
@@ -215,9 +232,9 @@ Test(files, a_file_that_shrinks_ends_with_eio, .timeout = TH_TIMEOUT(20))
     size_t size = 8 * MiB;
     make_file(path, sizeof(path), size);
     em_loop *loop = th_loop();
-    sender s = {.path = path, .use_stream = 1};
+    sender s = {.path = path, .use_stream = 1, .small_buffers = 1};
     em_server *srv = th_start_server(loop, &sender_handler, &s);
-    int fd = th_client_connect(th_listen_port(srv));
+    int fd = small_client(th_listen_port(srv));
     th_run_until_count(loop, &s.echo.accepted, 1, 5);
     th_run_for(loop, 0.1); /* the socket buffers fill; the rest waits */
     cr_assert_eq(s.done_calls, 0);
@@ -241,9 +258,9 @@ Test(files, closing_first_cancels, .timeout = TH_TIMEOUT(10))
     char path[64];
     make_file(path, sizeof(path), 8 * MiB);
     em_loop *loop = th_loop();
-    sender s = {.path = path, .use_stream = 1};
+    sender s = {.path = path, .use_stream = 1, .small_buffers = 1};
     em_server *srv = th_start_server(loop, &sender_handler, &s);
-    int fd = th_client_connect(th_listen_port(srv));
+    int fd = small_client(th_listen_port(srv));
     th_run_until_count(loop, &s.echo.accepted, 1, 5);
     th_run_for(loop, 0.05);
     em_close_connection(s.echo.conn, 0);

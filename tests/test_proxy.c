@@ -47,6 +47,8 @@ static void back_post_init(em_conn *conn, void *arg)
 {
     back *b = arg;
     b->conn = conn;
+    int small = 64 * KiB;
+    em_set_sock_opt(conn, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     if (b->paused)
         em_pause_reading(conn);
 }
@@ -121,10 +123,20 @@ static const em_handler link_handler = {
     .unbind = link_unbind,
 };
 
+static void small_buffers_conn(em_conn *conn)
+{
+    int small = 64 * KiB;
+    em_set_sock_opt(conn, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    em_set_sock_opt(conn, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+}
+
 static void front_post_init(em_conn *conn, void *arg)
 {
     front *f = arg;
     f->accepted++;
+    /* Loopback autotuning lets sockets hold tens of MiB; small buffers
+     * make backpressure visible within a few MiB. */
+    small_buffers_conn(conn);
     f->conn = conn;
     cr_assert_eq(em_connect(f->conn->loop, "127.0.0.1", f->back_port,
                             &link_handler, f, &f->link),
@@ -189,6 +201,8 @@ static void rig_up(rig *r, back *b, front *f)
     f->back_port = th_listen_port(r->back_srv);
     r->front_srv = th_start_server(r->loop, &front_handler, f);
     r->fd = th_client_connect(th_listen_port(r->front_srv));
+    int small = 64 * KiB;
+    setsockopt(r->fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
     th_run_until_count(r->loop, &f->accepted, 1, 5);
 }
 
@@ -204,16 +218,24 @@ static void rig_down(rig *r, back *b, front *f)
     cr_assert_eq(th_count_fds(), r->fds_before, "a descriptor leaked");
 }
 
+/* Sends without blocking, running the loop whenever the socket is full:
+ * the loop is what drains it. */
 static void send_pattern(rig *r, size_t offset, size_t len)
 {
-    static uint8_t buf[256 * KiB];
+    static uint8_t buf[64 * KiB];
+    double deadline = th_now() + TH_TIMEOUT(20);
     while (len > 0) {
+        cr_assert_lt(th_now(), deadline, "%zu bytes left to send", len);
         size_t n = len < sizeof(buf) ? len : sizeof(buf);
         th_pat_fill(buf, offset, n);
-        th_send_all(r->fd, buf, n);
-        offset += n;
-        len -= n;
-        em_run_once(r->loop, 0);
+        ssize_t w = send(r->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+            offset += (size_t)w;
+            len -= (size_t)w;
+        } else {
+            cr_assert(errno == EAGAIN, "send: %s", strerror(errno));
+        }
+        em_run_once(r->loop, w > 0 ? 0 : 1);
     }
 }
 
