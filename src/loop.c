@@ -127,6 +127,7 @@ static int loop_init(em_loop *loop)
     em__list_init(&loop->dead_servers);
     em__list_init(&loop->failed_connects);
     em__list_init(&loop->tls_pending);
+    em__list_init(&loop->proc_exiting);
     loop->now_ns = em__clock_ns();
 
     int err = em__poller_open(loop);
@@ -192,6 +193,7 @@ static void close_all(em__link *list)
 static void shut_everything(em_loop *loop)
 {
     loop->stopping = 1;
+    em__proc_shutdown(loop);
     while (!em__list_empty(&loop->servers)) {
         em_server *server =
             em__container_of(loop->servers.next, em_server, link);
@@ -216,7 +218,8 @@ int em_loop_free(em_loop *loop)
     int busy = !em__list_empty(&loop->conns) ||
                !em__list_empty(&loop->failed_connects) ||
                !em__list_empty(&loop->servers) ||
-               !em__list_empty(&loop->pending_unbind);
+               !em__list_empty(&loop->pending_unbind) ||
+               !em__list_empty(&loop->proc_exiting);
     shut_everything(loop);
     loop_release(loop);
     return busy ? -EBUSY : 0;

@@ -628,6 +628,8 @@ int em_start_tls(em_conn *conn, const em_tls_options *opts)
         return -EPIPE;
     if (conn->tls && conn->tls->ssl)
         return -EALREADY;
+    if (conn->transport != &em__socket_transport)
+        return -EOPNOTSUPP; /* pipes, stdio, processes: no socket */
     if (!opts)
         opts = &defaults;
     em__tls *t = conn->tls;
