@@ -24,9 +24,11 @@
  * which gives the child EOF on stdin and EPIPE on stdout, and the
  * connection waits on loop->proc_exiting. If the child is still there
  * term_after seconds later (default 0.5) it gets SIGTERM, kill_after
- * seconds after that (default 1) SIGKILL: EventMachine's times, without
- * EventMachine's blocking sleeps. Signals go through the pidfd, so a
- * reused pid can never be hit. When the loop stops, children still running
+ * seconds after that (default 1) SIGKILL, from timers. (EventMachine sends
+ * SIGTERM at once and SIGKILL 0.25 s later, sleeping in the reactor thread
+ * in between; a child that exits on EOF by itself is the common case, so
+ * it gets a moment first.) Signals go through the pidfd, so a reused pid
+ * can never be hit. When the loop stops, children still running
  * are killed (SIGKILL) and reaped at once: the loop is ending and nothing
  * will poll their pidfds again.
  *
