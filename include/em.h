@@ -611,7 +611,8 @@ int em_is_watch_only(const em_conn *conn);
 int em_detach(em_conn *conn);
 
 /* The connection's descriptor (for em_open_stdio the one it reads, for a
- * process the socket to the child, for em_watch_process the pidfd).
+ * process the socket to the child, for em_watch_process the pidfd, or
+ * -EBADF without pidfds).
  * Returns it, -EINVAL, or -EBADF once closed (inside unbind). */
 int em_get_fd(const em_conn *conn);
 
@@ -642,7 +643,8 @@ int em_open_stdio(em_loop *loop, const em_handler *handler, void *arg,
 
 /*
  * Child processes as connections (docs/processes.md). Exits are seen
- * through pidfds (Linux 5.3+), so the loop never blocks on a child and no
+ * through pidfds (Linux 5.3+; before that, and under valgrind < 3.20, by
+ * polling waitpid from a timer), so the loop never blocks on a child and no
  * SIGCHLD handler is installed; the program must not reap libem's
  * children itself (waitpid(-1, ...)), or their status is lost (-ECHILD).
  * Statuses are raw wait statuses: read them with WIFEXITED/WEXITSTATUS
@@ -685,8 +687,7 @@ typedef struct em_popen_opts {
  * argv and opts are read during the call only; opts may be NULL.
  * post_init(conn, arg) runs before this returns. Stores the connection in
  * *out (may be NULL). Returns 0, -EINVAL (NULL or empty argv, bad opts),
- * -ECANCELED (loop stopping), -EMFILE, -EAGAIN (fork), -ENOMEM, -ENOSYS
- * (no pidfd_open: Linux before 5.3). */
+ * -ECANCELED (loop stopping), -EMFILE, -EAGAIN (fork) or -ENOMEM. */
 int em_popen(em_loop *loop, const char *const argv[], const em_popen_opts *opts,
              const em_handler *handler, void *arg, em_conn **out);
 
@@ -721,7 +722,7 @@ int em_system(em_loop *loop, const char *const argv[], em_system_cb callback,
  * own child's status is read (em_get_status) and the child left for its
  * owner to wait for; another process's status is unknown (-ECHILD).
  * Stores the connection in *out (may be NULL). Returns 0, -EINVAL,
- * -ESRCH (no such process), -ECANCELED, -EMFILE, -ENOMEM, -ENOSYS. */
+ * -ESRCH (no such process), -ECANCELED, -EMFILE or -ENOMEM. */
 int em_watch_process(em_loop *loop, pid_t pid, const em_handler *handler,
                      void *arg, em_conn **out);
 

@@ -51,6 +51,10 @@ struct em__fdx {
     double kill_after; /* seconds from SIGTERM to SIGKILL, < 0 never */
     em_timer_id signal_timer;
     int term_sent;
+    /* Without pidfd_open (Linux < 5.3, valgrind < 3.20): the exit is
+     * polled by a timer whose delay doubles up to a bound. */
+    em_timer_id poll_timer;
+    double poll_delay;
 };
 
 /* attach.c */

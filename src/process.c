@@ -15,8 +15,13 @@
  * never blocks on a child, needs no SIGCHLD handler (the process's signal
  * dispositions stay the program's) and cannot reap someone else's child.
  * A signalfd for SIGCHLD, the pre-5.3 way, needs SIGCHLD blocked in every
- * thread and a waitpid sweep over all children. (Linux 5.3+; without
- * pidfd_open em_popen gives -ENOSYS.)
+ * thread and a waitpid sweep over all children. Where pidfd_open is
+ * missing (Linux < 5.3, and valgrind before 3.20, which the test suite
+ * runs under) the exit is polled instead: waitpid(WNOHANG) from a timer
+ * every 5 ms at first, doubling up to 100 ms, so a short-lived child is
+ * seen quickly and a long-lived one costs ten wakeups a second. Still no
+ * signal handling, and kill(2) is safe there because an unreaped child's
+ * pid cannot be reused.
  *
  * unbind runs once the connection is closed AND the child has exited, so
  * em_get_status is valid there. When the connection closes first (our
@@ -40,6 +45,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/pidfd.h>
@@ -51,6 +57,8 @@
 
 #define DEFAULT_TERM_AFTER 0.5
 #define DEFAULT_KILL_AFTER 1.0
+#define POLL_FIRST 0.005 /* seconds, without pidfd_open */
+#define POLL_MAX 0.1
 
 /* ---- reaping --------------------------------------------------------- */
 
@@ -75,15 +83,20 @@ static int reap(em__fdx *x, int options)
     return 1;
 }
 
-/* The child has been reaped: drop its pidfd and timer; a connection that
+static void cancel(em_loop *loop, em_timer_id *timer)
+{
+    if (*timer)
+        em_cancel_timer(loop, *timer);
+    *timer = 0;
+}
+
+/* The child has been reaped: drop its pidfd and timers; a connection that
  * waited for this goes back to have its unbind run. */
 static void child_gone(em__fdx *x)
 {
     em_loop *loop = x->conn->loop;
-    if (x->signal_timer) {
-        em_cancel_timer(loop, x->signal_timer);
-        x->signal_timer = 0;
-    }
+    cancel(loop, &x->signal_timer);
+    cancel(loop, &x->poll_timer);
     if (x->exit.fd >= 0) {
         em__poller_forget(loop, &x->exit);
         close(x->exit.fd);
@@ -96,10 +109,25 @@ static void child_gone(em__fdx *x)
     }
 }
 
+/* Through the pidfd when there is one; otherwise the pid, which is still
+ * ours (an unreaped child's pid is never reused). */
+static void send_signal(em__fdx *x, int sig)
+{
+    if (x->exit.fd >= 0)
+        pidfd_send_signal(x->exit.fd, sig, NULL, 0);
+    else
+        kill(x->pid, sig);
+}
+
+static int running(const em__fdx *x)
+{
+    return x->pid > 0 && x->status_err == -EAGAIN;
+}
+
 static void kill_and_reap(em__fdx *x)
 {
     if (!reap(x, WNOHANG)) {
-        pidfd_send_signal(x->exit.fd, SIGKILL, NULL, 0);
+        send_signal(x, SIGKILL);
         reap(x, 0); /* prompt: SIGKILL cannot be caught or ignored */
     }
     child_gone(x);
@@ -124,7 +152,7 @@ static void on_signal_timer(em_loop *loop, void *arg)
     em__fdx *x = arg;
     x->signal_timer = 0;
     int sig = !x->term_sent && x->term_after >= 0 ? SIGTERM : SIGKILL;
-    pidfd_send_signal(x->exit.fd, sig, NULL, 0);
+    send_signal(x, sig);
     if (sig == SIGTERM) {
         x->term_sent = 1;
         arm_signal(x);
@@ -150,7 +178,7 @@ static void arm_signal(em__fdx *x)
 int em__proc_hold_unbind(em_conn *conn)
 {
     em__fdx *x = conn->fdx;
-    if (x->kind != EM__FDX_POPEN || x->exit.fd < 0)
+    if (x->kind != EM__FDX_POPEN || !running(x))
         return 0;
     if (reap(x, WNOHANG)) {
         child_gone(x);
@@ -177,8 +205,9 @@ void em__proc_shutdown(em_loop *loop)
 
 void em__proc_release(em__fdx *x)
 {
-    if (x->kind == EM__FDX_POPEN && x->exit.fd >= 0)
+    if (x->kind == EM__FDX_POPEN && running(x))
         kill_and_reap(x); /* only on em_popen's own failure paths */
+    cancel(x->conn->loop, &x->poll_timer);
 }
 
 /* ---- em_popen -------------------------------------------------------- */
@@ -282,10 +311,29 @@ static int open_pipes(const em_popen_opts *o, pipes *p)
                       : 0;
 }
 
+/* Without a pidfd: is the child gone yet? */
+static void poll_child(em_loop *loop, void *arg)
+{
+    em__fdx *x = arg;
+    x->poll_timer = 0;
+    if (reap(x, WNOHANG)) {
+        child_gone(x);
+        return;
+    }
+    x->poll_delay = x->poll_delay * 2 < POLL_MAX ? x->poll_delay * 2 : POLL_MAX;
+    if (em_add_timer(loop, x->poll_delay, poll_child, x, &x->poll_timer) < 0)
+        send_signal(x, SIGKILL); /* unwatchable: end it, reap it next */
+}
+
 /* Watches the child's exit. Returns 0 or a negative errno. */
 static int watch_exit(em__fdx *x)
 {
     int pidfd = pidfd_open(x->pid, 0);
+    if (pidfd < 0 && errno == ENOSYS) {
+        x->poll_delay = POLL_FIRST;
+        return em_add_timer(x->conn->loop, x->poll_delay, poll_child, x,
+                            &x->poll_timer);
+    }
     if (pidfd < 0)
         return -errno;
     x->exit.fd = pidfd;
@@ -336,13 +384,8 @@ int em_popen(em_loop *loop, const char *const argv[], const em_popen_opts *opts,
     if (err == 0)
         err = watch_exit(x);
     if (err < 0) {
-        if (x->pid > 0 && x->exit.fd < 0) {
-            kill(x->pid, SIGKILL); /* no pidfd: the pid is still ours */
-            while (waitpid(x->pid, NULL, 0) < 0 && errno == EINTR)
-                ;
-        }
         close(conn->watcher.fd);
-        em__conn_discard(conn); /* kills and reaps through the pidfd */
+        em__conn_discard(conn); /* kills and reaps a child it started */
         return err;
     }
     conn->transport = &popen_transport;
@@ -398,24 +441,72 @@ static int wait_status(const siginfo_t *si)
     return si->si_status; /* CLD_KILLED */
 }
 
+/* Our own child's status, left for its owner to wait for. Returns 1 when
+ * it has exited (status stored), 0 when it runs, -ECHILD when it is not
+ * our child. */
+static int peek_status(em__fdx *x)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PID, (id_t)x->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+        return -errno;
+    if (si.si_pid != x->pid)
+        return 0;
+    x->status = wait_status(&si);
+    x->status_err = 0;
+    return 1;
+}
+
+static void process_exited(em_conn *conn)
+{
+    em__fdx *x = conn->fdx;
+    if (peek_status(x) != 1)
+        x->status_err = -ECHILD; /* not our child: exited, status unknown */
+    em__conn_close_now(conn, 0);
+}
+
 static void on_process_exit(em_loop *loop, em__watcher *w, unsigned revents)
 {
     (void)loop;
     (void)revents;
     em_conn *conn = em__container_of(w, em_conn, watcher);
-    if (conn->flags & (EM__CONN_CLOSING | EM__CONN_PAUSED))
-        return;
+    if (!(conn->flags & (EM__CONN_CLOSING | EM__CONN_PAUSED)))
+        process_exited(conn);
+}
+
+/* Without a pidfd: gone once it no longer exists or is a zombie. */
+static int stranger_gone(pid_t pid)
+{
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return 1;
+    char path[32], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    const char *state = strrchr(buf, ')');
+    return state && (state[2] == 'Z' || state[2] == 'X');
+}
+
+static void poll_process(em_loop *loop, void *arg)
+{
+    em_conn *conn = arg;
     em__fdx *x = conn->fdx;
-    siginfo_t si;
-    memset(&si, 0, sizeof(si));
-    if (waitid(P_PID, (id_t)x->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-        si.si_pid == x->pid) {
-        x->status = wait_status(&si);
-        x->status_err = 0;
-    } else {
-        x->status_err = -ECHILD; /* not our child: exited, status unknown */
+    x->poll_timer = 0;
+    if (conn->flags & EM__CONN_CLOSING)
+        return;
+    int child = peek_status(x);
+    if (child == 1 || (child < 0 && stranger_gone(x->pid))) {
+        process_exited(conn);
+        return;
     }
-    em__conn_close_now(conn, 0);
+    x->poll_delay = x->poll_delay * 2 < POLL_MAX ? x->poll_delay * 2 : POLL_MAX;
+    if (em_add_timer(loop, x->poll_delay, poll_process, conn, &x->poll_timer) <
+        0)
+        em__conn_close_now(conn, -ENOMEM);
 }
 
 int em_watch_process(em_loop *loop, pid_t pid, const em_handler *handler,
@@ -428,21 +519,28 @@ int em_watch_process(em_loop *loop, pid_t pid, const em_handler *handler,
     if (loop->stopping)
         return -ECANCELED;
     int pidfd = pidfd_open(pid, 0);
-    if (pidfd < 0)
+    if (pidfd < 0 && errno != ENOSYS)
         return -errno;
+    if (pidfd < 0 && kill(pid, 0) < 0 && errno == ESRCH)
+        return -ESRCH;
     /* A watch connection (never read or written) whose one interest is
-     * the pidfd's readability. */
+     * the pidfd's readability; without a pidfd it polls and has no fd. */
     em_conn *conn = em__conn_new(loop, handler, arg, pidfd,
                                  EM__CONN_WATCH_ONLY | EM__CONN_READ_EOF |
                                      EM__CONN_NOTIFY_READABLE);
     em__fdx *x = conn ? em__fdx_new(conn, EM__FDX_PROC_WATCH) : NULL;
-    if (!x) {
+    if (x) {
+        x->pid = pid;
+        x->poll_delay = POLL_FIRST;
+    }
+    if (!x || (pidfd < 0 && em_add_timer(loop, x->poll_delay, poll_process,
+                                         conn, &x->poll_timer) < 0)) {
         if (conn)
             em__conn_discard(conn);
-        close(pidfd);
+        if (pidfd >= 0)
+            close(pidfd);
         return -ENOMEM;
     }
-    x->pid = pid;
     conn->transport = &em__fd_transport; /* closes the pidfd at unbind */
     conn->watcher.on_event = on_process_exit;
     em__conn_start(conn, out);

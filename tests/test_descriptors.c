@@ -367,6 +367,13 @@ Test(descriptors, detach_accepted_connection, .timeout = TH_TIMEOUT(10))
     th_stop_and_free(loop, srv);
 }
 
+static void reconnect_in_unbind(em_conn *conn, int reason)
+{
+    (void)reason;
+    int *rc = em_conn_arg(conn);
+    *rc = em_reconnect(conn, "127.0.0.1", 9);
+}
+
 Test(descriptors, detach_wrong_kinds, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
@@ -382,6 +389,16 @@ Test(descriptors, detach_wrong_kinds, .timeout = TH_TIMEOUT(10))
     em_close_write(conn);
     th_run_until_count(loop, &s.unbinds, 1, 5);
     sink_reset(&s);
+
+    /* No socket (/dev/null, read-write, EOF on the first pass): TLS and
+     * em_reconnect are refused. */
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    int rc = 1;
+    static const em_handler h = {.unbind = reconnect_in_unbind};
+    cr_assert_eq(em_attach(loop, null, &h, &rc, &conn), 0);
+    cr_assert_eq(em_start_tls(conn, NULL), -EOPNOTSUPP);
+    th_run_for(loop, 0.05);
+    cr_assert_eq(rc, -EOPNOTSUPP);
     th_free_loop(loop);
 }
 
