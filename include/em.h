@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -818,6 +819,187 @@ int em_set_max_wait_ms(em_loop *loop, int ms);
 
 /* The cap on the poll wait (-1 none). Returns it, or -EINVAL for NULL. */
 int em_get_max_wait_ms(const em_loop *loop);
+
+/* ------------------------------------------------------------------ */
+/* Descriptors                                                          */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Descriptors made elsewhere, as connections (docs/descriptors.md). A
+ * descriptor belongs to one loop at a time. All of these are loop-thread
+ * calls.
+ */
+
+/* Turns fd (a connected socket, pipe end, socketpair, tty, character
+ * device, or a regular file) into an ordinary connection with handler:
+ * post_init(conn, arg) runs before this returns, then receive_data gets
+ * what is read, em_send_data writes, and unbind follows EOF or a close.
+ * The connection owns fd from now on (closed at unbind; em_detach gives
+ * it back) and sets O_NONBLOCK on it. A read-only descriptor refuses
+ * em_send_data with -EPIPE; a write-only one is never read, and
+ * em_close_write closes it (its reader's EOF). Regular files and
+ * /dev/null, which epoll cannot poll, are read once per loop turn until
+ * EOF (then unbind(0)) and written directly. Stores the connection in
+ * *out (may be NULL). Returns 0, -EINVAL (NULL loop or handler, a
+ * listening socket: see em_attach_server), -EBADF (not an open
+ * descriptor), -EEXIST (already a connection, server or descriptor of
+ * this loop), -EISDIR, -ECANCELED (loop stopping) or -ENOMEM. */
+int em_attach(em_loop *loop, int fd, const em_handler *handler, void *arg,
+              em_conn **out);
+
+/* Watches fd without touching it: only the handler's notify_readable and
+ * notify_writable run, while switched on with em_set_notify_readable /
+ * em_set_notify_writable (both off at first; post_init may switch them
+ * on). They are level-triggered: notify_readable comes every turn until
+ * the data is read (or the switch turned off). The library never reads,
+ * writes, closes or changes fd (not even O_NONBLOCK); em_send_data gives
+ * -EOPNOTSUPP. Close the connection (or em_detach it) before closing fd.
+ * unbind(0) follows em_close_connection or em_detach. Stores the
+ * connection in *out (may be NULL). Returns 0, -EINVAL, -EBADF, -EEXIST,
+ * -EPERM (a regular file, directory or /dev/null: epoll cannot poll it,
+ * it is always ready), -ECANCELED or -ENOMEM. */
+int em_watch(em_loop *loop, int fd, const em_handler *handler, void *arg,
+             em_conn **out);
+
+/* Switches notify_readable / notify_writable of an em_watch connection
+ * on (nonzero) or off. Returns 0, -EINVAL (NULL conn, or switching on a
+ * callback the handler does not have), -EOPNOTSUPP (not an em_watch
+ * connection), -ENOTCONN (closing), or the backend's error for fd
+ * (-EBADF when it was closed: the connection then closes with it). */
+int em_set_notify_readable(em_conn *conn, int on);
+int em_set_notify_writable(em_conn *conn, int on);
+
+/* Is the switch on? Returns 1 or 0 (0 for anything but em_watch). */
+int em_is_notify_readable(const em_conn *conn);
+int em_is_notify_writable(const em_conn *conn);
+
+/* Was conn made by em_watch? Returns 1 or 0. */
+int em_is_watch_only(const em_conn *conn);
+
+/* Stops watching conn's descriptor and hands it back open: the caller
+ * owns it from this call (it may close it at once), with the blocking
+ * mode em_attach found (descriptors libem made stay non-blocking). Data
+ * still queued is dropped. unbind(conn, 0) runs later, once, as for a
+ * close. Works on em_attach'ed, em_watch'ed, accepted and em_connect'ed
+ * connections. Returns the descriptor, or -EINVAL, -ENOTCONN (closing, or
+ * a connect that has no socket yet), -EOPNOTSUPP (TLS, stdio, processes). */
+int em_detach(em_conn *conn);
+
+/* The connection's descriptor (for em_open_stdio the one it reads, for a
+ * process the socket to the child, for em_watch_process the pidfd, or
+ * -EBADF without pidfds).
+ * Returns it, -EINVAL, or -EBADF once closed (inside unbind). */
+int em_get_fd(const em_conn *conn);
+
+/* Adopts a socket that is already listening (a prefork parent's, systemd
+ * socket activation's): like em_start_server from here on, and
+ * em_stop_server closes it. Sets O_NONBLOCK. On failure fd is left open.
+ * Stores the server in *out (may be NULL). Returns 0, -EINVAL (NULL loop
+ * or handler, not a listening stream socket), -EBADF, -ENOTSOCK, -EEXIST
+ * (already this loop's), -ECANCELED or -ENOMEM. */
+int em_attach_server(em_loop *loop, int listen_fd, const em_handler *handler,
+                     void *arg, em_server **out);
+
+/* The process's stdin and stdout as one connection: receive_data gets
+ * stdin (a pipe, tty, socket, regular file or /dev/null), em_send_data
+ * writes stdout, EOF on stdin is the peer's EOF (unbind(0) once queued
+ * output is written), em_close_write ends stdout (a socket is shut down;
+ * for a pipe fd 1 is replaced by /dev/null so that the reader sees EOF).
+ * fd 0 and 1 stay open after unbind and their flags are never changed
+ * (ttys and pipes are read and written through private non-blocking
+ * copies). Returns 0, -EINVAL, -EBADF (fd 0 or 1 closed), -EEXIST (this
+ * loop already has them), -ECANCELED or -ENOMEM. */
+int em_open_stdio(em_loop *loop, const em_handler *handler, void *arg,
+                  em_conn **out);
+
+/* ------------------------------------------------------------------ */
+/* Processes                                                            */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Child processes as connections (docs/processes.md). Exits are seen
+ * through pidfds (Linux 5.3+; before that, and under valgrind < 3.20, by
+ * polling waitpid from a timer), so the loop never blocks on a child and no
+ * SIGCHLD handler is installed; the program must not reap libem's
+ * children itself (waitpid(-1, ...)), or their status is lost (-ECHILD).
+ * Statuses are raw wait statuses: read them with WIFEXITED/WEXITSTATUS
+ * and WIFSIGNALED/WTERMSIG from <sys/wait.h>. Loop-thread calls.
+ */
+
+/* em_popen_opts.stderr_mode */
+enum {
+    EM_STDERR_INHERIT = 0, /* the child writes to our stderr */
+    EM_STDERR_NULL = 1,    /* to /dev/null */
+    EM_STDERR_MERGE = 2,   /* into the connection, with its stdout */
+};
+
+/* Every field may be left zero. */
+typedef struct em_popen_opts {
+    int stderr_mode; /* EM_STDERR_* */
+    const char *cwd; /* the child's working directory; NULL: ours */
+    /* The child's environment ("NAME=value", NULL-terminated); NULL: ours.
+     * PATH is searched in our environment either way. */
+    const char *const *envp;
+    /* After the connection closes while the child runs: seconds until it
+     * gets SIGTERM (0 = 0.5), then seconds until SIGKILL (0 = 1); a
+     * negative value never sends that signal. */
+    double term_after;
+    double kill_after;
+} em_popen_opts;
+
+/* Runs argv[0] (searched in PATH unless it contains a '/') with argv;
+ * the child's stdin and stdout are the connection (one end of a Unix
+ * socketpair): em_send_data writes to the child, receive_data reads its
+ * output, em_close_write gives it EOF on stdin. unbind runs once the
+ * connection is closed AND the child has exited, so em_get_status works
+ * there; reason is 0 normally, or -ENOENT / -EACCES / ... when the exec
+ * failed (status: exit 127), never a crash or a zombie. A child that
+ * stops reading (or exits) while we still write keeps its output: what
+ * was being written is dropped, later sends give -EPIPE, reading goes on
+ * to EOF. Closing the connection while the child runs closes its
+ * stdin/stdout, then signals it after the grace periods of opts. When the
+ * loop stops, children still running are killed (SIGKILL) and reaped.
+ * argv and opts are read during the call only; opts may be NULL.
+ * post_init(conn, arg) runs before this returns. Stores the connection in
+ * *out (may be NULL). Returns 0, -EINVAL (NULL or empty argv, bad opts),
+ * -ECANCELED (loop stopping), -EMFILE, -EAGAIN (fork) or -ENOMEM. */
+int em_popen(em_loop *loop, const char *const argv[], const em_popen_opts *opts,
+             const em_handler *handler, void *arg, em_conn **out);
+
+/* The child's pid (em_popen, em_watch_process), valid until unbind
+ * returns. Returns it, -EINVAL, or -EOPNOTSUPP (no process). */
+int em_get_pid(const em_conn *conn);
+
+/* The exit status (raw, for the W* macros) of an em_popen child or an
+ * em_watch_process process, in unbind and earlier once it exited.
+ * Returns 0 with *status set, -EAGAIN (still running, or the watch was
+ * closed first), -ECHILD (it exited but the status is unknown: not our
+ * child, or reaped by someone else), -EINVAL or -EOPNOTSUPP. */
+int em_get_status(const em_conn *conn, int *status);
+
+/* em_system's result: output is everything the child wrote to stdout
+ * (NUL-terminated, len bytes without the NUL, valid during the call);
+ * status the raw wait status or -1 when unknown; err 0, or the negative
+ * errno that ended it (-ENOENT: no such program, -ENOMEM, ...). */
+typedef void (*em_system_cb)(em_loop *loop, void *arg, const char *output,
+                             size_t len, int status, int err);
+
+/* Runs argv like em_popen with stdin at EOF and stderr inherited,
+ * collects all of stdout in memory, and calls callback(loop, arg, ...)
+ * once after the child has exited (or when the loop stops: killed).
+ * Returns 0 (callback will run) or em_popen's errors. */
+int em_system(em_loop *loop, const char *const argv[], em_system_cb callback,
+              void *arg);
+
+/* Reports the exit of any process (not necessarily our child) through its
+ * pidfd: unbind(conn, 0) runs when it has exited, or when the connection
+ * is closed first (em_get_status then gives -EAGAIN). Never reaps: our
+ * own child's status is read (em_get_status) and the child left for its
+ * owner to wait for; another process's status is unknown (-ECHILD).
+ * Stores the connection in *out (may be NULL). Returns 0, -EINVAL,
+ * -ESRCH (no such process), -ECANCELED, -EMFILE or -ENOMEM. */
+int em_watch_process(em_loop *loop, pid_t pid, const em_handler *handler,
+                     void *arg, em_conn **out);
 
 #ifdef __cplusplus
 }

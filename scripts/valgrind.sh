@@ -16,7 +16,9 @@ if [ $# -lt 1 ]; then
     echo "usage: $0 BUILD_DIR [AREA...]" >&2
     exit 2
 fi
-build=$1
+# Absolute: valgrind's --log-file is opened by every traced child, and a
+# child may have changed directory (em_popen's cwd option).
+build=$(cd "$1" && pwd)
 shift
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 

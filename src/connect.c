@@ -262,6 +262,8 @@ int em_reconnect(em_conn *conn, const char *host, int port)
         return -EISCONN;
     if (conn->flags & EM__CONN_RECONNECTED)
         return -EALREADY;
+    if (conn->fdx || (!conn->tls && conn->transport != &em__socket_transport))
+        return -EOPNOTSUPP; /* attached pipes, watches, stdio, processes */
     em_loop *loop = conn->loop;
     if (loop->stopping || em_is_stopping(loop))
         return -ECANCELED;

@@ -60,6 +60,9 @@ static unsigned wanted_interest(const em_conn *conn)
         return EM__OUT;
     if (f & EM__CONN_PAUSED)
         return 0;
+    if (f & EM__CONN_WATCH_ONLY)
+        return (f & EM__CONN_NOTIFY_READABLE ? EM__IN : 0) |
+               (f & EM__CONN_NOTIFY_WRITABLE ? EM__OUT : 0);
     unsigned interest = 0;
     if (!(f & (EM__CONN_READ_EOF | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED)))
         interest |= EM__IN;
@@ -72,7 +75,10 @@ static unsigned wanted_interest(const em_conn *conn)
 
 void em__conn_update_interest(em_conn *conn)
 {
-    int err = em__poller_set(conn->loop, &conn->watcher, wanted_interest(conn));
+    unsigned interest = wanted_interest(conn);
+    if (conn->fdx)
+        interest = em__fdx_interest(conn, interest);
+    int err = em__poller_set(conn->loop, &conn->watcher, interest);
     if (err < 0)
         em__conn_close_now(conn, err);
 }
@@ -85,6 +91,8 @@ void em__conn_close_now(em_conn *conn, int reason)
         return;
     conn->flags |= EM__CONN_CLOSING;
     conn->close_reason = reason;
+    if (conn->transport->closing)
+        conn->transport->closing(conn);
     em__timeout_disarm(conn);
     em__list_remove(&conn->link);
     em__list_push_back(&conn->loop->pending_unbind, &conn->link);
@@ -128,6 +136,8 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
 {
     em__list_remove(&conn->link);
     conn_release_io(conn);
+    if (conn->fdx && em__proc_hold_unbind(conn))
+        return; /* unbind waits for the child's exit (process.c) */
     conn->flags |= EM__CONN_IN_UNBIND;
     conn->flags &= ~EM__CONN_RECONNECTED;
     if (conn->handler->unbind)
@@ -145,6 +155,8 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
 
 void em__conn_free(em_conn *conn)
 {
+    if (conn->fdx)
+        em__fdx_free(conn);
     free(conn->relay);
     free(conn->remote_host);
     free(conn);
@@ -261,10 +273,12 @@ void em__conn_flush(em_conn *conn)
 
 #define SEND_REFUSED                                                           \
     (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING |    \
-     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT)
+     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT | EM__CONN_WATCH_ONLY)
 
 static int send_refusal(const em_conn *conn)
 {
+    if (conn->flags & EM__CONN_WATCH_ONLY)
+        return -EOPNOTSUPP; /* em_watch'ed: never written */
     if (conn->flags & EM__CONN_IN_UNBIND)
         return -ENOTCONN;
     /* close_connection(conn, 1) gives -EPIPE even once the close is done. */

@@ -10,6 +10,11 @@
  *   connection.c connection life cycle, read path, close and unbind
  *   outbound.c   the outbound queue (chunks today, file ranges later)
  *   transport_socket.c  plain-socket transport
+ *   transport_fd.c  pipes, ttys, files; borrowed (watched) descriptors
+ *   attach.c     em_attach, em_watch, em_detach, notify, unpollable fds
+ *   stdio.c      stdin and stdout as one connection
+ *   process.c    em_popen, em_system, em_watch_process, reaping (pidfd)
+ *   spawn.c      fork/exec of a child with an exec-error pipe
  *   tls.c        TLS transport: handshake, record I/O, getters, em_start_tls
  *   tls_context.c  SSL_CTX cache per loop, options, certificates, sessions
  *   server.c     TCP and Unix listeners, accept
@@ -74,6 +79,9 @@ void em__poller_close(em_loop *loop);
 int em__poller_set(em_loop *loop, em__watcher *w, unsigned interest);
 /* Forgets w without a syscall: for a descriptor about to be closed. */
 void em__poller_forget(em_loop *loop, em__watcher *w);
+/* Can the backend watch fd? Returns 0, -EPERM (a regular file, /dev/null:
+ * epoll refuses them), -EEXIST (already watched by this loop), -EBADF. */
+int em__poller_check(em_loop *loop, int fd);
 /* Waits up to timeout_ms and stores ready watchers; returns their count. */
 int em__poller_wait(em_loop *loop, int timeout_ms);
 /* Calls on_event for every watcher the last wait found ready. */
@@ -124,9 +132,19 @@ typedef struct em__transport {
     ssize_t (*writev)(em_conn *conn, const struct iovec *iov, int count);
     int (*shutdown_write)(em_conn *conn);
     void (*close)(em_conn *conn);
+    /* Optional: the connection just started closing. A transport over a
+     * descriptor it does not own stops polling it here, while the number
+     * surely still names the same file (the owner may close it before
+     * unbind). */
+    void (*closing)(em_conn *conn);
 } em__transport;
 
 extern const em__transport em__socket_transport;
+/* transport_fd.c: read/write on any descriptor (pipes: SIGPIPE-safe) and
+ * the borrowed descriptor of em_watch (never read, written or closed). */
+extern const em__transport em__fd_transport;
+extern const em__transport em__pipe_transport;
+extern const em__transport em__watch_transport;
 
 /* ---- TLS (tls.c, tls_context.c) -------------------------------------- */
 
@@ -233,6 +251,11 @@ enum em__conn_flag {
     EM__CONN_HANDSHAKING = 1u << 11, /* TLS handshake: plaintext waits */
     EM__CONN_READ_PAUSED = 1u << 12, /* em_pause_reading */
     EM__CONN_THROTTLED = 1u << 13,   /* a watermark stopped our reading */
+    /* descriptors (attach.c): bits 16-19 */
+    EM__CONN_WATCH_ONLY = 1u << 16, /* em_watch: only notify_* callbacks */
+    EM__CONN_NOTIFY_READABLE = 1u << 17,
+    EM__CONN_NOTIFY_WRITABLE = 1u << 18,
+    EM__CONN_SET_NONBLOCK = 1u << 19, /* em_attach set O_NONBLOCK */
 };
 
 struct em__connect_req;
@@ -257,6 +280,8 @@ struct em_conn {
     em__tls *tls;            /* NULL for plain connections */
     struct em__relay *relay; /* watermarks and proxying; NULL when unused */
     char *remote_host; /* owned: the host given to em_connect (TLS name) */
+    /* stdio, unpollable files, processes (src/fdx.h); else NULL */
+    struct em__fdx *fdx;
     _Alignas(max_align_t) unsigned char state[];
 };
 
@@ -328,6 +353,23 @@ void em__flow_unlink_all(em_conn *conn);
 void em__flow_set_throttled(em_conn *conn, int on);
 /* Frees the loop's file bounce buffer. */
 void em__file_loop_free(em_loop *loop);
+/* ---- descriptors and processes (attach.c, stdio.c, process.c) -------- */
+
+typedef struct em__fdx em__fdx; /* src/fdx.h */
+/* Splits conn's poll interest between its descriptors (a separate write
+ * descriptor, sides epoll cannot poll); returns the main watcher's share. */
+unsigned em__fdx_interest(em_conn *conn, unsigned interest);
+void em__fdx_free(em_conn *conn);
+/* Is fd already one of the loop's connections, servers or own
+ * descriptors? Returns 1 or 0. */
+int em__fd_in_use(em_loop *loop, int fd);
+/* Called by conn_unbind after the I/O is released: returns 1 when a child
+ * still runs, the connection then waits on loop->proc_exiting and comes
+ * back to pending_unbind once the child has exited. */
+int em__proc_hold_unbind(em_conn *conn);
+/* Loop shutdown: kills (SIGKILL) and reaps children still running, and
+ * hands their connections back to pending_unbind. */
+void em__proc_shutdown(em_loop *loop);
 
 /* ---- servers --------------------------------------------------------- */
 
@@ -502,6 +544,7 @@ struct em_loop {
     uint64_t embed_armed_ns; /* deadline it is armed to, UINT64_MAX none */
     int accepts_per_wakeup;
     int max_wait_ms; /* -1: no cap */
+    em__link proc_exiting; /* closed popen connections, child running */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */

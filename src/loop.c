@@ -136,6 +136,7 @@ static int loop_init(em_loop *loop)
     em__list_init(&loop->dead_servers);
     em__list_init(&loop->failed_connects);
     em__list_init(&loop->tls_pending);
+    em__list_init(&loop->proc_exiting);
     loop->now_ns = em__clock_ns();
 
     int err = em__poller_open(loop);
@@ -211,6 +212,7 @@ static void shut_everything(em_loop *loop)
     loop->stopping = 1;
     if (loop->fswatch)
         em__fswatch_end_all(loop);
+    em__proc_shutdown(loop);
     while (!em__list_empty(&loop->servers)) {
         em_server *server =
             em__container_of(loop->servers.next, em_server, link);
@@ -236,7 +238,8 @@ int em_loop_free(em_loop *loop)
                !em__list_empty(&loop->failed_connects) ||
                !em__list_empty(&loop->servers) ||
                !em__list_empty(&loop->pending_unbind) ||
-               em_file_watch_count(loop) > 0;
+               em_file_watch_count(loop) > 0 ||
+               !em__list_empty(&loop->proc_exiting);
     /* The unbinds and done callbacks below run "inside" the loop: they may
      * not free it again or run it. */
     loop->running = 1;

@@ -72,6 +72,15 @@ void em__poller_forget(em_loop *loop, em__watcher *w)
     w->registered = 0;
 }
 
+int em__poller_check(em_loop *loop, int fd)
+{
+    struct epoll_event ev = {.events = 0};
+    if (epoll_ctl(loop->backend_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    epoll_ctl(loop->backend_fd, EPOLL_CTL_DEL, fd, &ev);
+    return 0;
+}
+
 int em__poller_wait(em_loop *loop, int timeout_ms)
 {
     int n = epoll_wait(loop->backend_fd, loop->ready, EM__MAX_EVENTS,

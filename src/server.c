@@ -26,7 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "fdx.h"
 
 static void on_accept(em_loop *loop, em__watcher *w, unsigned revents);
 
@@ -107,15 +107,14 @@ static int listen_on_name(const char *host, int port,
 
 /* ---- server objects -------------------------------------------------- */
 
-static int server_new(em_loop *loop, int fd, const em_handler *handler,
-                      void *arg, char *unix_path, em_server **out)
+/* A server on listening fd. On failure fd and unix_path stay the
+ * caller's. */
+static int server_adopt(em_loop *loop, int fd, const em_handler *handler,
+                        void *arg, char *unix_path, em_server **out)
 {
     em_server *server = calloc(1, sizeof(*server));
-    if (!server) {
-        close(fd);
-        free(unix_path);
+    if (!server)
         return -ENOMEM;
-    }
     server->watcher.fd = fd;
     server->watcher.on_event = on_accept;
     server->loop = loop;
@@ -125,10 +124,6 @@ static int server_new(em_loop *loop, int fd, const em_handler *handler,
     server->port = unix_path ? 0 : bound_port(fd);
     int err = em__poller_set(loop, &server->watcher, EM__IN);
     if (err < 0) {
-        close(fd);
-        if (unix_path && unix_path[0] != '@')
-            unlink(unix_path);
-        free(unix_path);
         free(server);
         return err;
     }
@@ -136,6 +131,20 @@ static int server_new(em_loop *loop, int fd, const em_handler *handler,
     if (out)
         *out = server;
     return 0;
+}
+
+/* server_adopt for a listener we made: closed and unlinked on failure. */
+static int server_new(em_loop *loop, int fd, const em_handler *handler,
+                      void *arg, char *unix_path, em_server **out)
+{
+    int err = server_adopt(loop, fd, handler, arg, unix_path, out);
+    if (err < 0) {
+        close(fd);
+        if (unix_path && unix_path[0] != '@')
+            unlink(unix_path);
+        free(unix_path);
+    }
+    return err;
 }
 
 /* Checks what both kinds of server take; NULL opts become the defaults. */
@@ -220,6 +229,38 @@ int em_start_unix_server(em_loop *loop, const char *path,
         return -ENOMEM;
     }
     return server_new(loop, fd, handler, arg, copy, out);
+}
+
+/* A prefork parent's or systemd's listener: checked, never closed on
+ * failure, and no Unix path is ours to unlink. */
+int em_attach_server(em_loop *loop, int listen_fd, const em_handler *handler,
+                     void *arg, em_server **out)
+{
+    const em_server_opts *opts = NULL;
+    int err = check_server_args(loop, handler, &opts, out);
+    if (err < 0)
+        return err;
+    struct stat st;
+    if (listen_fd < 0 || fstat(listen_fd, &st) < 0)
+        return -EBADF;
+    if (!S_ISSOCK(st.st_mode))
+        return -ENOTSOCK;
+    int type = 0, listening = 0;
+    socklen_t len = sizeof(type);
+    if (getsockopt(listen_fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -errno;
+    len = sizeof(listening);
+    if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        return -errno;
+    if (type != SOCK_STREAM || !listening)
+        return -EINVAL;
+    if (em__fd_in_use(loop, listen_fd))
+        return -EEXIST;
+    int restore;
+    err = em__set_nonblock(listen_fd, &restore);
+    if (err < 0)
+        return err;
+    return server_adopt(loop, listen_fd, handler, arg, NULL, out);
 }
 
 int em_stop_server(em_server *server)

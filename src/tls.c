@@ -631,6 +631,8 @@ int em_start_tls(em_conn *conn, const em_tls_options *opts)
         return -EPIPE;
     if (conn->tls && conn->tls->ssl)
         return -EALREADY;
+    if (conn->transport != &em__socket_transport)
+        return -EOPNOTSUPP; /* pipes, stdio, processes: no socket */
     if (conn->relay && (conn->relay->proxy || conn->relay->proxied_from))
         return -EBUSY; /* spliced bytes would bypass the handshake */
     if (!opts)
