@@ -26,12 +26,20 @@
 em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
                       int fd, uint32_t flags)
 {
-    em_conn *conn = calloc(1, sizeof(*conn) + handler->state_size);
+    return em__conn_new_extra(loop, handler, arg, fd, flags, 0);
+}
+
+em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler,
+                            void *arg, int fd, uint32_t flags, size_t extra)
+{
+    size_t state = extra ? EM__STATE_SPAN(handler->state_size) + extra
+                         : handler->state_size;
+    em_conn *conn = calloc(1, sizeof(*conn) + state);
     if (!conn)
         return NULL;
+    conn->loop = loop;
     conn->watcher.fd = fd;
     conn->watcher.on_event = em__conn_on_event;
-    conn->loop = loop;
     conn->handler = handler;
     conn->arg = arg;
     conn->transport = &em__socket_transport;
@@ -236,9 +244,11 @@ void em__conn_flush(em_conn *conn)
         em__conn_update_interest(conn);
 }
 
+/* Datagram connections take the refusal branch too (send_refused routes
+ * them), so streams pay no extra test for them. */
 #define SEND_REFUSED                                                           \
     (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING |    \
-     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT)
+     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT | EM__CONN_DATAGRAM)
 
 static int send_refusal(const em_conn *conn)
 {
@@ -248,6 +258,13 @@ static int send_refusal(const em_conn *conn)
     if (conn->flags & EM__CONN_CLOSING)
         return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE : -ENOTCONN;
     return -EPIPE;
+}
+
+static int send_refused(em_conn *conn, const void *data, size_t len)
+{
+    if ((conn->flags & SEND_REFUSED) == EM__CONN_DATAGRAM)
+        return em__dgram_reply(conn, data, len);
+    return send_refusal(conn);
 }
 
 static int can_write_now(const em_conn *conn)
@@ -262,7 +279,7 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
     if (!conn || (!data && len > 0))
         return -EINVAL;
     if (conn->flags & SEND_REFUSED)
-        return send_refusal(conn);
+        return send_refused(conn, data, len);
     if (len == 0)
         return 0;
 
@@ -409,6 +426,8 @@ int em_close_write(em_conn *conn)
 {
     if (!conn)
         return -EINVAL;
+    if (conn->flags & EM__CONN_DATAGRAM)
+        return -EOPNOTSUPP; /* no stream to end */
     if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
         return -ENOTCONN;
     if (conn->flags & (EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT))
@@ -441,6 +460,8 @@ int em_resume(em_conn *conn)
     em__conn_update_interest(conn);
     if (conn->tls)
         em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
+    if (conn->flags & EM__CONN_DATAGRAM)
+        em__dgram_resume(conn); /* datagrams read before the pause */
     return 0;
 }
 

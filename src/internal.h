@@ -17,6 +17,7 @@
  *   resolve.c    off-thread getaddrinfo
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
+ *   datagram.c   UDP sockets as connections (recvmmsg batches, replies)
  *   error.c      em_strerror, em_err_name
  */
 #ifndef EM_INTERNAL_H
@@ -182,6 +183,7 @@ enum em__conn_flag {
     EM__CONN_RECONNECTED = 1u << 9,  /* em_reconnect called in unbind */
     EM__CONN_WAS_QUEUED = 1u << 10,  /* queue non-empty: drained pending */
     EM__CONN_HANDSHAKING = 1u << 11, /* TLS handshake: plaintext waits */
+    EM__CONN_DATAGRAM = 1u << 20,    /* UDP socket (datagram.c) */
 };
 
 struct em__connect_req;
@@ -208,6 +210,15 @@ struct em_conn {
     _Alignas(max_align_t) unsigned char state[];
 };
 
+/* Bytes a kind of connection keeps after the handler's state (datagram
+ * state, say): allocated with the connection, at em__conn_extra(conn). */
+#define EM__STATE_SPAN(size)                                                   \
+    (((size) + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1))
+static inline void *em__conn_extra(em_conn *conn)
+{
+    return conn->state + EM__STATE_SPAN(conn->handler->state_size);
+}
+
 /* Marks conn closed with reason; unbind runs at the end of this batch. */
 void em__conn_close_now(em_conn *conn, int reason);
 /* Recomputes and applies the poll interest of conn. */
@@ -215,6 +226,9 @@ void em__conn_update_interest(em_conn *conn);
 /* Allocates a connection with zeroed state, linked into loop->conns. */
 em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
                       int fd, uint32_t flags);
+/* The same with `extra` zeroed bytes after the state (em__conn_extra). */
+em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler,
+                            void *arg, int fd, uint32_t flags, size_t extra);
 /* The socket connected (or an accepted one is ready): arm and start. */
 void em__conn_established(em_conn *conn);
 /* Writes the queue; closes on error. */
@@ -286,6 +300,18 @@ int em__addr_literal(const char *host, int port, struct sockaddr_storage *ss,
 int em__addr_unix(const char *path, struct sockaddr_storage *ss,
                   socklen_t *len);
 
+/* ---- datagrams (datagram.c) ------------------------------------------ */
+
+struct em__dgram_batch;
+/* em_send_data on a datagram connection: a reply to the last sender. */
+int em__dgram_reply(em_conn *conn, const void *data, size_t len);
+/* em_resume on a datagram connection: queued sends, held datagrams. */
+void em__dgram_resume(em_conn *conn);
+/* em_get_peername on a datagram connection: the last sender. */
+int em__dgram_peername(const em_conn *conn, struct sockaddr *addr,
+                       socklen_t *len);
+void em__dgram_loop_free(em_loop *loop);
+
 /* ---- the loop -------------------------------------------------------- */
 
 typedef struct em__task {
@@ -341,6 +367,8 @@ struct em_loop {
     void *poll_hook_arg;
 
     char read_buf[EM__READ_CHUNK];
+
+    struct em__dgram_batch *dgram_batch; /* datagram.c, first socket on */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */
