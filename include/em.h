@@ -606,6 +606,33 @@ int em_send_datagram(em_conn *conn, const void *data, size_t len,
  * -ENOTCONN (closed). */
 int em_datagram_port(const em_conn *conn);
 
+/* ------------------------------------------------------------------ */
+/* Connection ids                                                       */
+/* ------------------------------------------------------------------ */
+
+/* A connection's id (EventMachine's signature): never 0, never handed out
+ * twice by one loop, and safe to keep after the connection is gone, unlike
+ * the pointer: hand it to other threads and keep it in tables.
+ * em_reconnect gives a connection a new id. Returns the id, or 0 for a NULL
+ * conn. Loop thread. */
+uint64_t em_conn_id(const em_conn *conn);
+
+/* The connection with this id, or NULL once it is gone: from the moment its
+ * unbind starts (as EventMachine), or for an id this loop never gave. O(1),
+ * no allocation. Ids are per loop: another loop's id means nothing here.
+ * Loop thread. */
+em_conn *em_conn_lookup(const em_loop *loop, uint64_t id);
+
+/* em_send_data to the connection with this id, from any thread: copies
+ * data, and the loop thread sends it in order with every em_schedule and
+ * em_send_data_id the calling thread made before. If the connection is
+ * gone or closing by then, the copy is dropped (freed) and nothing else
+ * happens: its unbind tells the application; a send error closes the
+ * connection as em_send_data does. Copies still queued when the loop is
+ * freed are dropped. The loop must outlive the call. Returns 0 (queued),
+ * -EINVAL (NULL loop, id 0, NULL data with len > 0) or -ENOMEM. */
+int em_send_data_id(em_loop *loop, uint64_t id, const void *data, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

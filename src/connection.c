@@ -38,6 +38,10 @@ em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler,
     if (!conn)
         return NULL;
     conn->loop = loop;
+    if (em__id_assign(conn) < 0) {
+        free(conn);
+        return NULL;
+    }
     conn->watcher.fd = fd;
     conn->watcher.on_event = em__conn_on_event;
     conn->handler = handler;
@@ -135,6 +139,7 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
     conn_release_io(conn);
     conn->flags |= EM__CONN_IN_UNBIND;
     conn->flags &= ~EM__CONN_RECONNECTED;
+    em__id_hide(conn); /* gone for em_conn_lookup, as in EventMachine */
     if (conn->handler->unbind)
         conn->handler->unbind(conn, conn->close_reason);
     conn->flags &= ~EM__CONN_IN_UNBIND;
@@ -142,6 +147,7 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
         em__tls_free(conn); /* after unbind: its getters work there */
     if (conn->flags & EM__CONN_RECONNECTED) {
         conn->flags &= ~EM__CONN_RECONNECTED;
+        em__id_renew(conn);
         return; /* em_reconnect linked it into loop->conns again */
     }
     loop->conn_count--;
@@ -150,6 +156,7 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
 
 void em__conn_free(em_conn *conn)
 {
+    em__id_release(conn);
     free(conn->remote_host);
     free(conn);
 }

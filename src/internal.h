@@ -18,6 +18,7 @@
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   datagram.c   UDP sockets as connections (recvmmsg batches, replies)
+ *   conn_id.c    connection ids (generation-checked slots), em_send_data_id
  *   error.c      em_strerror, em_err_name
  */
 #ifndef EM_INTERNAL_H
@@ -207,6 +208,7 @@ struct em_conn {
     struct em__connect_req *connect;
     em__tls *tls;      /* NULL for plain connections */
     char *remote_host; /* owned: the host given to em_connect (TLS name) */
+    uint64_t id;       /* em_conn_id: generation << 32 | slot (conn_id.c) */
     _Alignas(max_align_t) unsigned char state[];
 };
 
@@ -312,6 +314,33 @@ int em__dgram_peername(const em_conn *conn, struct sockaddr *addr,
                        socklen_t *len);
 void em__dgram_loop_free(em_loop *loop);
 
+/* ---- connection ids (conn_id.c) --------------------------------------- */
+
+typedef struct em__id_slot {
+    em_conn *conn;     /* NULL: free, or its connection is unbinding */
+    uint32_t gen;      /* generation; a slot whose gen wraps is retired */
+    uint32_t next_free;
+} em__id_slot;
+
+typedef struct em__ids {
+    em__id_slot *slots;
+    uint32_t count; /* slots handed out at least once */
+    uint32_t cap;
+    uint32_t free_head; /* FIFO of free slots; UINT32_MAX = empty */
+    uint32_t free_tail;
+} em__ids;
+
+/* Gives conn a fresh id. Returns 0 or -ENOMEM. */
+int em__id_assign(em_conn *conn);
+/* From now on em_conn_lookup(conn's id) is NULL (unbind is starting). */
+void em__id_hide(em_conn *conn);
+/* Frees conn's slot for reuse under a new generation. */
+void em__id_release(em_conn *conn);
+/* em_reconnect gave the connection a new life: a new id. */
+void em__id_renew(em_conn *conn);
+/* Frees the slot table and undelivered em_send_data_id copies. */
+void em__ids_free(em_loop *loop);
+
 /* ---- the loop -------------------------------------------------------- */
 
 typedef struct em__task {
@@ -368,6 +397,7 @@ struct em_loop {
 
     char read_buf[EM__READ_CHUNK];
 
+    em__ids ids;                        /* conn_id.c */
     struct em__dgram_batch *dgram_batch; /* datagram.c, first socket on */
 };
 
