@@ -37,7 +37,7 @@ typedef struct dg {
     int unbinds;
     int reason;
     int received;
-    int echo;     /* em_send_data the datagram back */
+    int echo;     /* em_send_data the datagram back (this many times) */
     int pause_at; /* em_pause inside the datagram with this number */
     int close_at; /* em_close_connection(conn, 0) inside it */
     int send_err; /* the latest em_send_data result in receive_data */
@@ -101,8 +101,11 @@ static void dg_receive(em_conn *conn, const char *data, size_t len)
         em_get_peername(conn, (struct sockaddr *)&d->peer, &d->peer_len);
     if (d->track)
         track(d, data, len);
-    if (d->echo)
-        d->send_err = em_send_data(conn, data, len);
+    for (int i = 0; i < d->echo; i++) {
+        int err = em_send_data(conn, data, len);
+        if (err)
+            d->send_err = err;
+    }
     if (d->pause_at && d->received == d->pause_at)
         cr_assert_eq(em_pause(conn), 0);
     if (d->close_at && d->received == d->close_at)
@@ -361,21 +364,37 @@ static void send_burst(int fd, int family, int port, uint32_t first,
 
 /* 1,000 datagrams of different sizes, sent in windows of 100 (a window fits
  * the receive buffer, so the kernel drops nothing; it still takes several
- * batches per wakeup): each arrives exactly once and whole. */
+ * batches per wakeup): each arrives exactly once and whole, and each is
+ * answered twice (32 replies per batch of 16: the reply batch fills). */
 Test(datagram, burst_of_1000_each_once_and_whole, .timeout = TH_TIMEOUT(20))
 {
     em_loop *loop = th_loop();
-    dg d = {.track = 1};
+    dg d = {.track = 1, .echo = 2};
     em_conn *conn = open_dg(loop, "127.0.0.1", &d);
     int big = 1 << 21;
     cr_assert_eq(
         em_set_sock_opt(conn, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big)), 0);
     int port = em_datagram_port(conn);
     int client = udp_client(AF_INET);
+    static int answers[1000];
     for (uint32_t w = 0; w < 10; w++) {
         send_burst(client, AF_INET, port, w * 100, 100);
         th_run_until_count(loop, &d.received, (int)(w + 1) * 100, 5.0);
+        for (int k = 0; k < 200; k++) {
+            uint8_t buf[1300];
+            size_t n = udp_pump_recv(loop, client, buf, sizeof(buf));
+            uint32_t seq;
+            cr_assert_geq(n, 4);
+            memcpy(&seq, buf, 4);
+            seq = ntohl(seq);
+            cr_assert(seq < 1000 && n == burst_len(seq), "bad answer");
+            answers[seq]++;
+        }
     }
+    for (int i = 0; i < 1000; i++)
+        cr_assert_eq(answers[i], 2, "datagram %d answered %d times", i,
+                     answers[i]);
+    cr_assert_eq(d.send_err, 0);
     th_run_for(loop, 0.05);
     cr_assert_eq(d.received, 1000);
     cr_assert_eq(d.bad, 0);
@@ -502,6 +521,76 @@ Test(datagram, names_bind_and_v4_mapped_destinations, .timeout = TH_TIMEOUT(10))
     th_free_loop(loop);
 }
 
+/* Replies inside receive_data leave in batches: several per datagram, big
+ * ones that overflow the batch's 64 KiB, and an em_send_datagram between
+ * them all arrive in call order. */
+#define BIG 40000
+static unsigned char big_reply[BIG];
+
+static void many_replies(em_conn *conn, const char *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    dg *d = em_conn_arg(conn);
+    struct sockaddr_in from;
+    socklen_t flen = sizeof(from);
+    d->received++;
+    int err = em_get_peername(conn, (struct sockaddr *)&from, &flen);
+    err = err ? err : em_send_data(conn, "r1", 2);
+    err = err ? err : em_send_data(conn, big_reply, BIG);
+    err =
+        err ? err
+            : em_send_datagram(conn, "x", 1, "127.0.0.1", ntohs(from.sin_port));
+    err = err ? err : em_send_data(conn, big_reply, BIG);
+    err = err ? err : em_send_data(conn, "r2", 2);
+    if (err)
+        d->send_err = err;
+}
+
+static const em_handler many_handler = {
+    .post_init = dg_post_init,
+    .receive_data = many_replies,
+    .unbind = dg_unbind,
+};
+
+Test(datagram, batched_replies_keep_call_order, .timeout = TH_TIMEOUT(10))
+{
+    th_pat_fill(big_reply, 77, BIG);
+    em_loop *loop = th_loop();
+    dg d = {0};
+    em_conn *conn = NULL;
+    cr_assert_eq(
+        em_open_datagram_socket(loop, "127.0.0.1", 0, &many_handler, &d, &conn),
+        0);
+    int clients[3];
+    for (int i = 0; i < 3; i++) {
+        clients[i] = udp_client(AF_INET);
+        udp_send(clients[i], AF_INET, em_datagram_port(conn), "go", 2);
+    }
+    static unsigned char buf[BIG + 16];
+    for (int i = 0; i < 3; i++) {
+        size_t want[] = {2, BIG, 1, BIG, 2};
+        for (int k = 0; k < 5; k++) {
+            size_t n = udp_pump_recv(loop, clients[i], buf, sizeof(buf));
+            cr_assert_eq(n, want[k], "client %d reply %d: %zu bytes", i, k, n);
+            if (k == 0)
+                cr_assert_eq(memcmp(buf, "r1", 2), 0);
+            if (k == 2)
+                cr_assert_eq(buf[0], 'x');
+            if (k == 4)
+                cr_assert_eq(memcmp(buf, "r2", 2), 0);
+            if (n == BIG)
+                cr_assert_eq(memcmp(buf, big_reply, BIG), 0);
+        }
+        close(clients[i]);
+    }
+    cr_assert_eq(d.received, 3);
+    cr_assert_eq(d.send_err, 0, "%s", em_err_name(d.send_err));
+    close_dg(loop, conn, &d);
+    dg_free(&d);
+    th_free_loop(loop);
+}
+
 /* ---- errors never close ------------------------------------------------ */
 
 /* An exchange that proves the socket still works both ways. */
@@ -624,7 +713,7 @@ Test(datagram, econnrefused_with_ip_recverr_never_closes,
 Test(datagram, pause_mid_batch_holds_the_rest, .timeout = TH_TIMEOUT(10))
 {
     em_loop *loop = th_loop();
-    dg d = {.track = 1, .pause_at = 1};
+    dg d = {.track = 1, .pause_at = 1, .echo = 1};
     em_conn *conn = open_dg(loop, "127.0.0.1", &d);
     int client = udp_client(AF_INET);
     send_burst(client, AF_INET, em_datagram_port(conn), 0, 10);
@@ -634,8 +723,8 @@ Test(datagram, pause_mid_batch_holds_the_rest, .timeout = TH_TIMEOUT(10))
     cr_assert(em_is_paused(conn));
     /* The other nine left the kernel in the same batch: they are held. */
     char peek;
-    cr_assert_eq(recv(conn->watcher.fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT),
-                 -1, "datagrams still in the kernel");
+    cr_assert_eq(recv(conn->watcher.fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT), -1,
+                 "datagrams still in the kernel");
     cr_assert_eq(em_resume(conn), 0);
     cr_assert_eq(d.received, 1, "delivered inside em_resume");
     th_run_until_count(loop, &d.received, 10, 5.0);
@@ -663,6 +752,13 @@ Test(datagram, pause_mid_batch_holds_the_rest, .timeout = TH_TIMEOUT(10))
     for (int i = 0; i < 5; i++)
         cr_assert_eq(d.order[i], i, "held datagram %d came as #%d", i,
                      d.order[i]);
+    /* Every one was answered, held or not. */
+    cr_assert_eq(d.send_err, 0);
+    for (int i = 0; i < 20; i++) {
+        uint8_t buf[1300];
+        size_t n = udp_pump_recv(loop, client, buf, sizeof(buf));
+        cr_assert_geq(n, 4);
+    }
     close(client);
     close_dg(loop, conn, &d);
     dg_free(&d);
