@@ -441,14 +441,12 @@ static void cork_end(em_conn *conn)
     b->cork = NULL;
 }
 
-/* A reply inside receive_data: copied into the batch, sent at cork_end. */
+/* A reply inside receive_data: copied into the batch (which has room: see
+ * send_to), sent at cork_end. */
 static void cork_add(em_conn *conn, const void *data, size_t len,
                      const em__dgram_addr *to, socklen_t to_len)
 {
     struct em__dgram_batch *b = conn->loop->dgram_batch;
-    if (b->out_count == EM__DGRAM_BATCH ||
-        b->out_used + len > sizeof(b->out_data))
-        cork_flush(conn);
     int i = b->out_count++;
     char *copy = b->out_data + b->out_used;
     if (len > 0)
@@ -468,27 +466,31 @@ static int send_to(em_conn *conn, const void *data, size_t len,
     if (len > (is_v4(to) ? EM__DGRAM_MAX_V4 : EM__DGRAM_MAX_V6))
         return -EMSGSIZE;
     em__dgram *dg = dgram_of(conn);
-    if (!dg->out_head && !(conn->flags & EM__CONN_PAUSED)) {
-        struct em__dgram_batch *b = conn->loop->dgram_batch;
-        if (b->cork == conn) {
-            if (reply) {
-                cork_add(conn, data, len, to, to_len);
-                return 0;
-            }
-            if (b->out_count)
-                cork_flush(conn); /* earlier replies leave first */
-        }
-        ssize_t n;
-        do
-            n = sendto(conn->watcher.fd, data, len, 0, &to->sa, to_len);
-        while (n < 0 && errno == EINTR);
-        if (n >= 0) {
-            em__conn_touch(conn);
-            return 0;
-        }
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
+    struct em__dgram_batch *b = conn->loop->dgram_batch;
+    int corked = b->cork == conn;
+    /* Batched replies leave before anything sent directly, and make room
+     * for the next one. A flush may queue what EAGAIN refused: checked
+     * below, so nothing overtakes the queue. */
+    if (corked && b->out_count &&
+        (!reply || b->out_count == EM__DGRAM_BATCH ||
+         b->out_used + len > sizeof(b->out_data)))
+        cork_flush(conn);
+    if (dg->out_head || (conn->flags & EM__CONN_PAUSED))
+        return enqueue(conn, data, len, to, to_len);
+    if (corked && reply) {
+        cork_add(conn, data, len, to, to_len);
+        return 0;
     }
+    ssize_t n;
+    do
+        n = sendto(conn->watcher.fd, data, len, 0, &to->sa, to_len);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0) {
+        em__conn_touch(conn);
+        return 0;
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return -errno;
     return enqueue(conn, data, len, to, to_len);
 }
 

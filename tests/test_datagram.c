@@ -10,8 +10,14 @@
  *
  * Clients are plain blocking UDP sockets on the test's thread; the loop runs
  * between their sends and receives (udp_pump_recv).
+ *
+ * A full socket buffer never happens on loopback (the kernel hands each
+ * datagram over at once), so this file defines sendto and sendmmsg itself:
+ * the library, linked statically, calls these, which fail with EAGAIN on
+ * one descriptor when told to and otherwise call the C library's.
  */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -586,6 +592,135 @@ Test(datagram, batched_replies_keep_call_order, .timeout = TH_TIMEOUT(10))
     }
     cr_assert_eq(d.received, 3);
     cr_assert_eq(d.send_err, 0, "%s", em_err_name(d.send_err));
+    close_dg(loop, conn, &d);
+    dg_free(&d);
+    th_free_loop(loop);
+}
+
+/* ---- a full socket buffer (EAGAIN), injected ------------------------------
+ */
+
+static int eagain_fd = -1;
+static int eagain_sendto;   /* this many sendto calls on eagain_fd fail */
+static int eagain_sendmmsg; /* this many sendmmsg calls on eagain_fd fail */
+
+ssize_t sendto(int fd, const void *buf, size_t len, int flags,
+               const struct sockaddr *to, socklen_t to_len)
+{
+    static ssize_t (*real)(int, const void *, size_t, int,
+                           const struct sockaddr *, socklen_t);
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "sendto");
+    if (fd == eagain_fd && eagain_sendto > 0) {
+        eagain_sendto--;
+        errno = EAGAIN;
+        return -1;
+    }
+    return real(fd, buf, len, flags, to, to_len);
+}
+
+int sendmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags)
+{
+    static int (*real)(int, struct mmsghdr *, unsigned int, int);
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "sendmmsg");
+    if (fd == eagain_fd && eagain_sendmmsg > 0) {
+        eagain_sendmmsg--;
+        errno = EAGAIN;
+        return -1;
+    }
+    return real(fd, msgs, n, flags);
+}
+
+static void expect_datagrams(em_loop *loop, int fd, const char *const *want,
+                             int count)
+{
+    for (int i = 0; i < count; i++) {
+        char buf[32];
+        size_t n = udp_pump_recv(loop, fd, buf, sizeof(buf));
+        cr_assert(n == strlen(want[i]) && memcmp(buf, want[i], n) == 0,
+                  "datagram %d: got %.*s, want %s", i, (int)n, buf, want[i]);
+    }
+}
+
+Test(datagram, full_socket_buffer_queues_in_order, .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    dg d = {0};
+    em_conn *conn = open_dg(loop, "127.0.0.1", &d);
+    int client = udp_client(AF_INET);
+    int port = udp_port(client);
+    eagain_fd = conn->watcher.fd;
+
+    /* The first send meets a full buffer: queued, and the next one waits
+     * behind it; the first flush meets it full again. */
+    eagain_sendto = 2;
+    cr_assert_eq(em_send_datagram(conn, "a", 1, "127.0.0.1", port), 0);
+    cr_assert_eq(em_send_datagram(conn, "bb", 2, "127.0.0.1", port), 0);
+    cr_assert_eq(em_get_outbound_data_size(conn), 3);
+    cr_assert_eq(eagain_sendto, 1, "the second send overtook the queue");
+    expect_datagrams(loop, client, (const char *const[]){"a", "bb"}, 2);
+    th_run_until_count(loop, &d.drained, 1, 5.0);
+    cr_assert_eq(em_get_outbound_data_size(conn), 0);
+    cr_assert_eq(eagain_sendto, 0);
+    eagain_fd = -1;
+    cr_assert_eq(d.unbinds, 0);
+    close(client);
+    close_dg(loop, conn, &d);
+    dg_free(&d);
+    th_free_loop(loop);
+}
+
+/* Batched replies the socket refuses go to the front of the queue, and what
+ * follows in the same callback waits behind them. */
+static void refused_replies(em_conn *conn, const char *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    dg *d = em_conn_arg(conn);
+    struct sockaddr_in from;
+    socklen_t flen = sizeof(from);
+    d->received++;
+    eagain_fd = conn->watcher.fd;
+    eagain_sendmmsg = 1;
+    int err = em_get_peername(conn, (struct sockaddr *)&from, &flen);
+    err = err ? err : em_send_data(conn, "r1", 2);
+    err = err ? err : em_send_data(conn, "r2", 2);
+    /* Flushes r1 and r2 first: refused, queued; d3 queues behind them. */
+    err = err ? err
+              : em_send_datagram(conn, "d3", 2, "127.0.0.1",
+                                 ntohs(from.sin_port));
+    err = err ? err : em_send_data(conn, "r4", 2);
+    d->send_err = err;
+    d->last_len = em_get_outbound_data_size(conn);
+}
+
+static const em_handler refused_handler = {
+    .post_init = dg_post_init,
+    .receive_data = refused_replies,
+    .drained = dg_drained,
+    .unbind = dg_unbind,
+};
+
+Test(datagram, refused_batched_replies_keep_their_place,
+     .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    dg d = {0};
+    em_conn *conn = NULL;
+    cr_assert_eq(em_open_datagram_socket(loop, "127.0.0.1", 0, &refused_handler,
+                                         &d, &conn),
+                 0);
+    int client = udp_client(AF_INET);
+    udp_send(client, AF_INET, em_datagram_port(conn), "go", 2);
+    expect_datagrams(loop, client,
+                     (const char *const[]){"r1", "r2", "d3", "r4"}, 4);
+    cr_assert_eq(d.send_err, 0, "%s", em_err_name(d.send_err));
+    cr_assert_eq(d.last_len, 8, "all four were queued");
+    cr_assert_eq(eagain_sendmmsg, 0);
+    th_run_until_count(loop, &d.drained, 1, 5.0);
+    eagain_fd = -1;
+    close(client);
     close_dg(loop, conn, &d);
     dg_free(&d);
     th_free_loop(loop);
