@@ -562,14 +562,19 @@ int em_tls_flush_contexts(em_loop *loop);
  * and socket options work as for streams. em_close_write and em_reconnect
  * give -EOPNOTSUPP, and so does em_start_tls.
  *
- * A send error is returned by the call that sent (em_send_datagram or
- * em_send_data) and nothing else happens: the socket stays open and no
- * other datagram is lost. When the socket's buffer is full, or while the
- * connection is paused, datagrams are queued and sent in order later (as in
- * EventMachine); one that fails then is dropped silently, as the network
- * may drop any datagram. Without IP_RECVERR (the default) ICMP errors are
- * not reported at all; with it, a pending one may be returned by the next
- * send (that datagram is then not sent) and is otherwise discarded.
+ * A send error is returned by the call that sent and nothing else happens:
+ * the socket stays open and no other datagram is lost. When the socket's
+ * buffer is full, or while the connection is paused, datagrams are queued
+ * and sent in order later (as in EventMachine); one that fails then is
+ * dropped silently, as the network may drop any datagram. Replies made with
+ * em_send_data inside receive_data are batched into one sendmmsg after the
+ * batch's callbacks (em_send_datagram sends them first, so order holds):
+ * they return -EMSGSIZE, -EDESTADDRREQ, -ENOTCONN, -EPIPE at once, but a
+ * kernel error on sending one (rare for a reply: a firewall, a pending ICMP
+ * error) drops it silently. Without IP_RECVERR (the default) ICMP errors
+ * are not reported at all; with it, a pending one may be returned by the
+ * next em_send_datagram (that datagram is then not sent) and is otherwise
+ * discarded; it never closes the socket.
  */
 
 /* Opens a UDP socket bound to host:port (IPv4/IPv6 literal or name,
