@@ -1001,6 +1001,99 @@ int em_system(em_loop *loop, const char *const argv[], em_system_cb callback,
 int em_watch_process(em_loop *loop, pid_t pid, const em_handler *handler,
                      void *arg, em_conn **out);
 
+/* Datagrams (UDP)                                                      */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A datagram socket is a connection (see docs/datagrams.md): the handler's
+ * post_init runs inside em_open_datagram_socket, receive_data gets exactly
+ * one whole datagram per call (up to 65,507 bytes over IPv4, 65,527 over
+ * IPv6; a zero-length datagram gives len 0), and unbind runs once when it
+ * is closed (em_close_connection, an inactivity timeout, the loop's stop).
+ * connection_completed never runs. Inside receive_data (and after it, until
+ * the next datagram) em_get_peername gives the sender, and em_send_data
+ * sends one datagram back to it (-EDESTADDRREQ before anything arrived).
+ * em_pause, em_resume, em_close_connection(conn, after_writing), the
+ * inactivity timeout, em_get_outbound_data_size, drained, em_get_sockname
+ * and socket options work as for streams. em_close_write and em_reconnect
+ * give -EOPNOTSUPP, and so does em_start_tls.
+ *
+ * A send error is returned by the call that sent and nothing else happens:
+ * the socket stays open and no other datagram is lost. When the socket's
+ * buffer is full, or while the connection is paused, datagrams are queued
+ * and sent in order later (as in EventMachine); one that fails then is
+ * dropped silently, as the network may drop any datagram. Replies made with
+ * em_send_data inside receive_data are batched into one sendmmsg after the
+ * batch's callbacks (em_send_datagram sends them first, so order holds):
+ * they return -EMSGSIZE, -EDESTADDRREQ, -ENOTCONN, -EPIPE at once, but a
+ * kernel error on sending one (rare for a reply: a firewall, a pending ICMP
+ * error) drops it silently. Without IP_RECVERR (the default) ICMP errors
+ * are not reported at all; with it, a pending one may be returned by the
+ * next em_send_datagram (that datagram is then not sent) and is otherwise
+ * discarded; it never closes the socket.
+ */
+
+/* Opens a UDP socket bound to host:port (IPv4/IPv6 literal or name,
+ * resolved synchronously like em_start_server; NULL host = 0.0.0.0; "::" is
+ * dual-stack; port 0 = any free port, see em_datagram_port). Stores the
+ * connection in *out (may be NULL) before post_init(conn, arg) runs.
+ * Returns 0, -EINVAL, -ECANCELED (loop stopping), -EADDRINUSE, -EACCES,
+ * -EADDRNOTAVAIL, -ENOENT (unknown host), -ENOMEM or another errno of
+ * socket/bind; on failure nothing is left open. The loop's first datagram
+ * socket allocates its receive batch (1 MiB of address space, resident
+ * only as datagrams use it). Loop thread. */
+int em_open_datagram_socket(em_loop *loop, const char *host, int port,
+                            const em_handler *handler, void *arg,
+                            em_conn **out);
+
+/* Sends one datagram of len bytes (0 allowed) to host:port. host must be an
+ * IPv4 or IPv6 literal: a name is -EINVAL, since resolving it would block
+ * the loop (resolve once elsewhere and send to the address). An IPv4
+ * destination works from a dual-stack IPv6 socket. data is copied (when
+ * queued). Returns 0 (sent, or queued while the socket buffer is full or
+ * the connection paused), -EINVAL (bad argument, port not 1..65535, a
+ * name), -EOPNOTSUPP (not a datagram connection), -ENOTCONN / -EPIPE
+ * (closed or closing, as em_send_data), -EMSGSIZE (above 65,507 bytes to
+ * an IPv4 address, 65,527 to IPv6), -EAFNOSUPPORT (IPv6 destination from
+ * an IPv4 socket), -ENOMEM, or sendto's errno (-EACCES for a broadcast
+ * address without SO_BROADCAST, -ENETUNREACH, -EHOSTUNREACH, a pending
+ * ICMP error with IP_RECVERR, ...): the datagram was not sent and the
+ * connection stays open. Loop thread. */
+int em_send_datagram(em_conn *conn, const void *data, size_t len,
+                     const char *host, int port);
+
+/* The local port of a datagram connection (useful after port 0).
+ * Returns it, -EINVAL, -EOPNOTSUPP (not a datagram connection) or
+ * -ENOTCONN (closed). */
+int em_datagram_port(const em_conn *conn);
+
+/* ------------------------------------------------------------------ */
+/* Connection ids                                                       */
+/* ------------------------------------------------------------------ */
+
+/* A connection's id (EventMachine's signature): never 0, never handed out
+ * twice by one loop, and safe to keep after the connection is gone, unlike
+ * the pointer: hand it to other threads and keep it in tables.
+ * em_reconnect gives a connection a new id. Returns the id, or 0 for a NULL
+ * conn. Loop thread. */
+uint64_t em_conn_id(const em_conn *conn);
+
+/* The connection with this id, or NULL once it is gone: from the moment its
+ * unbind starts (as EventMachine), or for an id this loop never gave. O(1),
+ * no allocation. Ids are per loop: another loop's id means nothing here.
+ * Loop thread. */
+em_conn *em_conn_lookup(const em_loop *loop, uint64_t id);
+
+/* em_send_data to the connection with this id, from any thread: copies
+ * data, and the loop thread sends it in order with every em_schedule and
+ * em_send_data_id the calling thread made before. If the connection is
+ * gone or closing by then, the copy is dropped (freed) and nothing else
+ * happens: its unbind tells the application; a send error closes the
+ * connection as em_send_data does. Copies still queued when the loop is
+ * freed are dropped. The loop must outlive the call. Returns 0 (queued),
+ * -EINVAL (NULL loop, id 0, NULL data with len > 0) or -ENOMEM. */
+int em_send_data_id(em_loop *loop, uint64_t id, const void *data, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

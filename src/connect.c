@@ -258,6 +258,8 @@ int em_reconnect(em_conn *conn, const char *host, int port)
 {
     if (!conn || !host || !*host || check_port(port) < 0)
         return -EINVAL;
+    if (conn->flags & EM__CONN_DATAGRAM)
+        return -EOPNOTSUPP; /* nothing to connect: open another socket */
     if (!(conn->flags & EM__CONN_IN_UNBIND))
         return -EISCONN;
     if (conn->flags & EM__CONN_RECONNECTED)

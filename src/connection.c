@@ -26,12 +26,24 @@
 em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
                       int fd, uint32_t flags)
 {
-    em_conn *conn = calloc(1, sizeof(*conn) + handler->state_size);
+    return em__conn_new_extra(loop, handler, arg, fd, flags, 0);
+}
+
+em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler,
+                            void *arg, int fd, uint32_t flags, size_t extra)
+{
+    size_t state = extra ? EM__STATE_SPAN(handler->state_size) + extra
+                         : handler->state_size;
+    em_conn *conn = calloc(1, sizeof(*conn) + state);
     if (!conn)
         return NULL;
+    conn->loop = loop;
+    if (em__id_assign(conn) < 0) {
+        free(conn);
+        return NULL;
+    }
     conn->watcher.fd = fd;
     conn->watcher.on_event = em__conn_on_event;
-    conn->loop = loop;
     conn->handler = handler;
     conn->arg = arg;
     conn->transport = &em__socket_transport;
@@ -140,6 +152,7 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
         return; /* unbind waits for the child's exit (process.c) */
     conn->flags |= EM__CONN_IN_UNBIND;
     conn->flags &= ~EM__CONN_RECONNECTED;
+    em__id_hide(conn); /* gone for em_conn_lookup, as in EventMachine */
     if (conn->handler->unbind)
         conn->handler->unbind(conn, conn->close_reason);
     conn->flags &= ~EM__CONN_IN_UNBIND;
@@ -147,6 +160,7 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
         em__tls_free(conn); /* after unbind: its getters work there */
     if (conn->flags & EM__CONN_RECONNECTED) {
         conn->flags &= ~EM__CONN_RECONNECTED;
+        em__id_renew(conn);
         return; /* em_reconnect linked it into loop->conns again */
     }
     loop->conn_count--;
@@ -158,6 +172,7 @@ void em__conn_free(em_conn *conn)
     if (conn->fdx)
         em__fdx_free(conn);
     free(conn->relay);
+    em__id_release(conn);
     free(conn->remote_host);
     free(conn);
 }
@@ -271,9 +286,12 @@ void em__conn_flush(em_conn *conn)
         em__conn_update_interest(conn);
 }
 
+/* Datagram connections take the refusal branch too (send_refused routes
+ * them), so streams pay no extra test for them. */
 #define SEND_REFUSED                                                           \
     (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING |    \
-     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT | EM__CONN_WATCH_ONLY)
+     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT | EM__CONN_WATCH_ONLY |    \
+     EM__CONN_DATAGRAM)
 
 static int send_refusal(const em_conn *conn)
 {
@@ -285,6 +303,13 @@ static int send_refusal(const em_conn *conn)
     if (conn->flags & EM__CONN_CLOSING)
         return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE : -ENOTCONN;
     return -EPIPE;
+}
+
+static int send_refused(em_conn *conn, const void *data, size_t len)
+{
+    if ((conn->flags & SEND_REFUSED) == EM__CONN_DATAGRAM)
+        return em__dgram_reply(conn, data, len);
+    return send_refusal(conn);
 }
 
 static int can_write_now(const em_conn *conn)
@@ -299,7 +324,7 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
     if (!conn || (!data && len > 0))
         return -EINVAL;
     if (conn->flags & SEND_REFUSED)
-        return send_refusal(conn);
+        return send_refused(conn, data, len);
     if (len == 0)
         return 0;
 
@@ -440,7 +465,8 @@ int em_close_connection(em_conn *conn, int after_writing)
         return 0;
     }
     conn->flags |= EM__CONN_CLOSE_AFTER_WRITING;
-    if (!conn->out.head &&
+    /* out.bytes too: a datagram socket queues outside out.head. */
+    if (!conn->out.head && conn->out.bytes == 0 &&
         !(conn->flags & (EM__CONN_CONNECTING | EM__CONN_HANDSHAKING)))
         em__conn_close_now(conn, 0);
     return 0;
@@ -450,6 +476,8 @@ int em_close_write(em_conn *conn)
 {
     if (!conn)
         return -EINVAL;
+    if (conn->flags & EM__CONN_DATAGRAM)
+        return -EOPNOTSUPP; /* no stream to end */
     if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
         return -ENOTCONN;
     if (conn->flags & (EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT))
@@ -482,6 +510,8 @@ int em_resume(em_conn *conn)
     em__conn_update_interest(conn);
     if (conn->tls)
         em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
+    if (conn->flags & EM__CONN_DATAGRAM)
+        em__dgram_resume(conn); /* datagrams read before the pause */
     return 0;
 }
 

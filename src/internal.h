@@ -26,6 +26,8 @@
  *   embed.c      em_backend_fd's timerfd, em_next_timeout_ms
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
+ *   datagram.c   UDP sockets as connections (recvmmsg batches, replies)
+ *   conn_id.c    connection ids (generation-checked slots), em_send_data_id
  *   error.c      em_strerror, em_err_name
  */
 #ifndef EM_INTERNAL_H
@@ -256,6 +258,7 @@ enum em__conn_flag {
     EM__CONN_NOTIFY_READABLE = 1u << 17,
     EM__CONN_NOTIFY_WRITABLE = 1u << 18,
     EM__CONN_SET_NONBLOCK = 1u << 19, /* em_attach set O_NONBLOCK */
+    EM__CONN_DATAGRAM = 1u << 20,    /* UDP socket (datagram.c) */
 };
 
 struct em__connect_req;
@@ -282,8 +285,18 @@ struct em_conn {
     char *remote_host; /* owned: the host given to em_connect (TLS name) */
     /* stdio, unpollable files, processes (src/fdx.h); else NULL */
     struct em__fdx *fdx;
+    uint64_t id;       /* em_conn_id: generation << 32 | slot (conn_id.c) */
     _Alignas(max_align_t) unsigned char state[];
 };
+
+/* Bytes a kind of connection keeps after the handler's state (datagram
+ * state, say): allocated with the connection, at em__conn_extra(conn). */
+#define EM__STATE_SPAN(size)                                                   \
+    (((size) + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1))
+static inline void *em__conn_extra(em_conn *conn)
+{
+    return conn->state + EM__STATE_SPAN(conn->handler->state_size);
+}
 
 /* Marks conn closed with reason; unbind runs at the end of this batch. */
 void em__conn_close_now(em_conn *conn, int reason);
@@ -292,6 +305,9 @@ void em__conn_update_interest(em_conn *conn);
 /* Allocates a connection with zeroed state, linked into loop->conns. */
 em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
                       int fd, uint32_t flags);
+/* The same with `extra` zeroed bytes after the state (em__conn_extra). */
+em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler,
+                            void *arg, int fd, uint32_t flags, size_t extra);
 /* The socket connected (or an accepted one is ready): arm and start. */
 void em__conn_established(em_conn *conn);
 /* Writes the queue; closes on error. */
@@ -480,6 +496,45 @@ int em__addr_literal(const char *host, int port, struct sockaddr_storage *ss,
 int em__addr_unix(const char *path, struct sockaddr_storage *ss,
                   socklen_t *len);
 
+/* ---- datagrams (datagram.c) ------------------------------------------ */
+
+struct em__dgram_batch;
+/* em_send_data on a datagram connection: a reply to the last sender. */
+int em__dgram_reply(em_conn *conn, const void *data, size_t len);
+/* em_resume on a datagram connection: queued sends, held datagrams. */
+void em__dgram_resume(em_conn *conn);
+/* em_get_peername on a datagram connection: the last sender. */
+int em__dgram_peername(const em_conn *conn, struct sockaddr *addr,
+                       socklen_t *len);
+void em__dgram_loop_free(em_loop *loop);
+
+/* ---- connection ids (conn_id.c) --------------------------------------- */
+
+typedef struct em__id_slot {
+    em_conn *conn;     /* NULL: free, or its connection is unbinding */
+    uint32_t gen;      /* generation; a slot whose gen wraps is retired */
+    uint32_t next_free;
+} em__id_slot;
+
+typedef struct em__ids {
+    em__id_slot *slots;
+    uint32_t count; /* slots handed out at least once */
+    uint32_t cap;
+    uint32_t free_head; /* FIFO of free slots; UINT32_MAX = empty */
+    uint32_t free_tail;
+} em__ids;
+
+/* Gives conn a fresh id. Returns 0 or -ENOMEM. */
+int em__id_assign(em_conn *conn);
+/* From now on em_conn_lookup(conn's id) is NULL (unbind is starting). */
+void em__id_hide(em_conn *conn);
+/* Frees conn's slot for reuse under a new generation. */
+void em__id_release(em_conn *conn);
+/* em_reconnect gave the connection a new life: a new id. */
+void em__id_renew(em_conn *conn);
+/* Frees the slot table and undelivered em_send_data_id copies. */
+void em__ids_free(em_loop *loop);
+
 /* ---- the loop -------------------------------------------------------- */
 
 typedef struct em__task {
@@ -545,6 +600,8 @@ struct em_loop {
     int accepts_per_wakeup;
     int max_wait_ms; /* -1: no cap */
     em__link proc_exiting; /* closed popen connections, child running */
+    em__ids ids;                        /* conn_id.c */
+    struct em__dgram_batch *dgram_batch; /* datagram.c, first socket on */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */

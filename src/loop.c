@@ -154,6 +154,8 @@ static int loop_init(em_loop *loop)
 
 static void loop_release(em_loop *loop)
 {
+    em__ids_free(loop);
+    em__dgram_loop_free(loop);
     if (loop->resolver)
         em__resolver_free(loop);
     if (loop->pool)

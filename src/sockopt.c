@@ -56,6 +56,8 @@ static int conn_name(const em_conn *conn, name_getter get,
 
 int em_get_peername(const em_conn *conn, struct sockaddr *addr, socklen_t *len)
 {
+    if (conn && addr && len && (conn->flags & EM__CONN_DATAGRAM))
+        return em__dgram_peername(conn, addr, len); /* the last sender */
     return conn_name(conn, getpeername, addr, len);
 }
 

@@ -623,6 +623,8 @@ int em_start_tls(em_conn *conn, const em_tls_options *opts)
     static const em_tls_options defaults;
     if (!conn)
         return -EINVAL;
+    if (conn->flags & EM__CONN_DATAGRAM)
+        return -EOPNOTSUPP; /* TLS needs a stream (DTLS is another thing) */
     if (conn->flags &
         (EM__CONN_CLOSING | EM__CONN_IN_UNBIND | EM__CONN_READ_EOF))
         return -ENOTCONN;
