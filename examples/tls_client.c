@@ -13,11 +13,10 @@
  *
  * Every failure (connect, verification, handshake, a dropped connection) is
  * printed with em_strerror and em_tls_error and exits with status 1. Ctrl-C
- * stops it. libem does not watch arbitrary descriptors yet, so standard
- * input is polled from a periodic timer every 20 ms.
+ * stops it. Standard input is a libem connection too (em_open_stdio): its
+ * chunks go to the server as they arrive, and its EOF is the half-close.
  */
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,8 +28,6 @@
 
 #include "em.h"
 
-#define STDIN_POLL_SECONDS 0.02
-
 static em_loop *the_loop;
 
 typedef struct client {
@@ -39,8 +36,7 @@ typedef struct client {
     em_tls_options tls;
     em_conn *conn;
     int connected;
-    em_timer_id stdin_timer;
-    int reading_stdin;
+    em_conn *input; /* standard input, once the handshake is done */
     int failed;
 } client;
 
@@ -85,35 +81,37 @@ static void print_peer_subject(em_conn *conn)
 
 static void stop_reading_stdin(client *c)
 {
-    if (c->reading_stdin)
-        em_cancel_timer(the_loop, c->stdin_timer);
-    c->reading_stdin = 0;
+    if (c->input)
+        em_close_connection(c->input, 0);
 }
 
-/* The periodic timer: sends what standard input has, without blocking. At
- * its end, half-closes: the server sees close_notify and finishes. */
-static void poll_stdin(em_loop *loop, void *arg)
+/* Standard input: every chunk goes to the server. */
+static void input_received(em_conn *input, const char *data, size_t len)
 {
-    (void)loop;
-    client *c = arg;
-    struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
-    if (poll(&p, 1, 0) <= 0)
-        return;
-    char buf[4096];
-    ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN))
-        return;
-    if (n > 0) {
-        int err = em_send_data(c->conn, buf, (size_t)n);
-        if (err < 0)
-            fail(c, "send", err);
-        return;
-    }
-    stop_reading_stdin(c);
-    int err = em_close_write(c->conn);
+    client *c = em_conn_arg(input);
+    int err = em_send_data(c->conn, data, len);
     if (err < 0)
+        fail(c, "send", err);
+}
+
+/* End of standard input: half-close, so the server sees close_notify and
+ * finishes; its last bytes still arrive. */
+static void input_closed(em_conn *input, int reason)
+{
+    client *c = em_conn_arg(input);
+    (void)reason;
+    c->input = NULL;
+    if (!c->conn)
+        return;
+    int err = em_close_write(c->conn);
+    if (err < 0 && err != -ENOTCONN)
         fail(c, "close", err);
 }
+
+static const em_handler input_handler = {
+    .receive_data = input_received,
+    .unbind = input_closed,
+};
 
 static void connecting(em_conn *conn, void *arg)
 {
@@ -132,14 +130,11 @@ static void handshake_completed(em_conn *conn)
     print_peer_subject(conn);
     fprintf(stderr, "cipher: %s %s\n", em_tls_protocol(conn),
             em_tls_cipher(conn));
-    int err = em_add_periodic_timer(the_loop, STDIN_POLL_SECONDS, poll_stdin, c,
-                                    &c->stdin_timer);
+    int err = em_open_stdio(the_loop, &input_handler, c, &c->input);
     if (err < 0) {
-        fail(c, "timer", err);
+        fail(c, "standard input", err);
         em_close_connection(conn, 0);
-        return;
     }
-    c->reading_stdin = 1;
 }
 
 static void receiving(em_conn *conn, const char *data, size_t len)
