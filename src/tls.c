@@ -74,6 +74,7 @@ static int bio_read(BIO *bio, char *buf, int len)
         if (n >= 0) {
             if (n > 0 && (t->flags & EM__TLS_HANDSHAKING))
                 em__conn_touch(t->conn);
+            t->socket_drained = n < len;
             return (int)n;
         }
         if (errno == EINTR)
@@ -268,6 +269,11 @@ static ssize_t tls_read(em_conn *conn, void *buf, size_t len)
         begin_op(t);
         if (SSL_read_ex(t->ssl, (char *)buf + total, len - total, &n)) {
             total += n;
+            /* The socket gave less than OpenSSL asked for and nothing is
+             * buffered: it is empty, so skip the recv that would only say
+             * EAGAIN (the plain read path's short-read rule). */
+            if (t->socket_drained && !SSL_has_pending(t->ssl))
+                break;
             continue;
         }
         int e = SSL_get_error(t->ssl, 0);

@@ -78,6 +78,7 @@ struct em__tls {
     unsigned handshake_wants; /* EM__IN or EM__OUT */
     int stashed_result;       /* EOF (0) or error met after some data */
     int sys_errno;            /* the last socket error the BIO saw */
+    int socket_drained;       /* the last recv returned less than asked */
     size_t raw_prefix;        /* queued before em_start_tls: sent in clear */
     unsigned char *preread;
     size_t preread_len;
