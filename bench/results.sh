@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # results.sh - regenerates bench/RESULTS.md (and bench/ratios.png) in one go.
 #
-#   bench/results.sh [--quick] [--bench-dir DIR] [-- run.sh options]
+#   bench/results.sh [--quick] [--bench-dir DIR] [--tls-only] [-- run.sh options]
 #
-# Runs the echo comparison (bench/run.sh) and the micro-benchmarks
-# (bench/micro.sh) on this machine and writes what a reader needs to judge
-# the numbers: the machine (CPU, cores, kernel, library versions), the exact
-# commands, the tables and the chart. `make bench` calls it; the committed
-# RESULTS.md is the last full run, so anyone can compare against it.
+# Runs the echo comparison (bench/run.sh), the micro-benchmarks
+# (bench/micro.sh), the TLS comparison with nginx (bench/tls_run.sh), the
+# zero-copy stream paths (bench/stream_run.sh) and UDP echo against libuv
+# (bench/udp_run.sh) on
+# this machine and writes what a reader needs to judge the numbers: the
+# machine (CPU, cores, kernel, library versions), the exact commands, the
+# tables and the chart. `make bench` calls it; the committed RESULTS.md is
+# the last full run, so anyone can compare against it. --tls-only runs just
+# tls_run.sh and replaces the "## TLS" section of the existing RESULTS.md
+# (appending it when there is none), leaving everything else as it was.
 
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH_DIR="$SCRIPT_DIR/../build-bench/bench"
 QUICK=""
+TLS_ONLY=no
 RUN_ARGS=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=--quick ;;
     --bench-dir) BENCH_DIR=$2; shift ;;
+    --tls-only) TLS_ONLY=yes ;;
     --) shift; RUN_ARGS=("$@"); break ;;
     *) echo "results.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -41,6 +48,8 @@ machine_section()
     echo "- Rivals: libuv $(dpkg-query -W -f='${Version}' libuv1-dev 2>/dev/null)," \
         "libevent $(dpkg-query -W -f='${Version}' libevent-dev 2>/dev/null)," \
         "libev $(dpkg-query -W -f='${Version}' libev-dev 2>/dev/null)"
+    echo "- TLS: OpenSSL $(dpkg-query -W -f='${Version}' libssl3 2>/dev/null)," \
+        "nginx $(dpkg-query -W -f='${Version}' nginx 2>/dev/null)"
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), load average before the run:" \
         "$(cut -d' ' -f1-3 /proc/loadavg)"
     echo
@@ -49,11 +58,53 @@ machine_section()
 out="$SCRIPT_DIR/RESULTS.md.new"
 run_cmd=(bash "$SCRIPT_DIR/run.sh" --bench-dir "$BENCH_DIR" $QUICK "${RUN_ARGS[@]}")
 micro_cmd=(bash "$SCRIPT_DIR/micro.sh" --bench-dir "$BENCH_DIR" $QUICK)
+tls_cmd=(bash "$SCRIPT_DIR/tls_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
+stream_cmd=(bash "$SCRIPT_DIR/stream_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
+udp_cmd=(bash "$SCRIPT_DIR/udp_run.sh" --bench-dir "$BENCH_DIR" --rounds 5
+         --duration 2 --sizes "64 1024" --load "8x32")
+
+# The "## TLS" section: its heading, the command and tls_run.sh's tables.
+# A failed TLS run leaves a note instead of stopping the whole report.
+tls_section()
+{
+    echo "## TLS: libem against nginx, TLS echo against plaintext"
+    echo
+    echo "Command: \`${tls_cmd[*]#"$SCRIPT_DIR/"}\`"
+    echo
+    "${tls_cmd[@]}" || echo "(tls_run.sh failed: see $BENCH_DIR/tls_run.log)"
+}
+
+# Replaces the "## TLS" section of RESULTS.md (up to the next "## "
+# heading) with the file $1, or appends it when there is none.
+splice_tls_section()
+{
+    local new=$1 file="$SCRIPT_DIR/RESULTS.md"
+    [ -f "$file" ] || : >"$file"
+    awk -v new="$new" '
+        function put(   line) {
+            while ((getline line < new) > 0) print line
+            close(new); done = 1
+        }
+        /^## TLS/ { put(); skip = 1; next }
+        skip && /^## / { skip = 0 }
+        !skip { print }
+        END { if (!done) { print ""; put() } }' "$file" >"$out"
+    mv "$out" "$SCRIPT_DIR/RESULTS.md"
+}
+
+if [ "$TLS_ONLY" = yes ]; then
+    tls_section >"$out.tls"
+    splice_tls_section "$out.tls"
+    rm -f "$out.tls"
+    echo "wrote the TLS section of $SCRIPT_DIR/RESULTS.md"
+    exit 0
+fi
 
 {
     echo "# Benchmark results"
     echo
-    echo "Regenerate with \`make bench\` (full) or \`make bench BENCH_ARGS=--quick\`."
+    echo "Regenerate with \`make bench\` (full) or \`make bench BENCH_ARGS=--quick\`;"
+    echo "only the TLS section with \`bench/results.sh --tls-only\`."
     echo "Ratios are computed within a round (servers run back to back, pinned: server on"
     echo "CPU 0, load client on CPU 1) and reported as the median over rounds with the"
     echo "min..max range. \"cpu\" is the server's CPU time per echoed message (user +"
@@ -77,6 +128,20 @@ micro_cmd=(bash "$SCRIPT_DIR/micro.sh" --bench-dir "$BENCH_DIR" $QUICK)
     echo "Command: \`${micro_cmd[*]#"$SCRIPT_DIR/"}\`"
     echo
     "${micro_cmd[@]}"
+    echo
+    tls_section
+    echo
+    echo "## Streams: splice and sendfile against copying"
+    echo
+    echo "Command: \`${stream_cmd[*]#"$SCRIPT_DIR/"}\`"
+    echo
+    "${stream_cmd[@]}" 2>/dev/null || echo "(stream_run.sh failed)"
+    echo
+    echo "## UDP echo: libem against libuv"
+    echo
+    echo "Command: \`${udp_cmd[*]#"$SCRIPT_DIR/"}\` (details: UDP_RESULTS.md)"
+    echo
+    "${udp_cmd[@]}" || echo "(udp_run.sh failed)"
 } >"$out"
 mv "$out" "$SCRIPT_DIR/RESULTS.md"
 echo "wrote $SCRIPT_DIR/RESULTS.md"
