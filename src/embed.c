@@ -49,7 +49,13 @@ static void on_timer(em_loop *loop, em__watcher *w, unsigned revents)
 void em__embed_update(em_loop *loop)
 {
     uint64_t want = em__loop_next_deadline(loop);
-    if (want == loop->embed_armed_ns)
+    uint64_t armed = loop->embed_armed_ns;
+    /* A deadline that only moved later (traffic re-arming an inactivity
+     * timeout, every turn on a busy loop) keeps the earlier arming: it
+     * costs one early wakeup, after which on_timer clears it and the turn
+     * re-arms, instead of a timerfd_settime per turn. */
+    if (want == armed ||
+        (armed != ARMED_NONE && want != ARMED_NONE && want > armed))
         return;
     struct itimerspec spec = {{0, 0}, {0, 0}};
     if (want != ARMED_NONE) {
