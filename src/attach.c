@@ -203,23 +203,6 @@ static const em__transport *transport_for(const struct stat *st)
     return &em__fd_transport;
 }
 
-void em__conn_discard(em_conn *conn)
-{
-    em__list_remove(&conn->link);
-    conn->loop->conn_count--;
-    em__conn_free(conn);
-}
-
-void em__conn_start(em_conn *conn, em_conn **out)
-{
-    if (out)
-        *out = conn;
-    if (conn->handler->post_init)
-        conn->handler->post_init(conn, conn->arg);
-    if (!(conn->flags & EM__CONN_CLOSING))
-        em__conn_established(conn);
-}
-
 int em_attach(em_loop *loop, int fd, const em_handler *handler, void *arg,
               em_conn **out)
 {

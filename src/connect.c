@@ -218,9 +218,7 @@ static int start(em_loop *loop, const char *bind_host, int bind_port,
         err = -ENOMEM;
     if (err < 0) {
         em__connect_free(conn);
-        em__list_remove(&conn->link);
-        loop->conn_count--;
-        em__conn_free(conn);
+        em__conn_discard(conn);
         return err;
     }
     if (out)

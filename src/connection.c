@@ -29,8 +29,8 @@ em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
     return em__conn_new_extra(loop, handler, arg, fd, flags, 0);
 }
 
-em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler,
-                            void *arg, int fd, uint32_t flags, size_t extra)
+em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler, void *arg,
+                            int fd, uint32_t flags, size_t extra)
 {
     size_t state = extra ? EM__STATE_SPAN(handler->state_size) + extra
                          : handler->state_size;
@@ -167,6 +167,23 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
     em__conn_free(conn);
 }
 
+void em__conn_discard(em_conn *conn)
+{
+    em__list_remove(&conn->link);
+    conn->loop->conn_count--;
+    em__conn_free(conn);
+}
+
+void em__conn_start(em_conn *conn, em_conn **out)
+{
+    if (out)
+        *out = conn;
+    if (conn->handler->post_init)
+        conn->handler->post_init(conn, conn->arg);
+    if (!(conn->flags & EM__CONN_CLOSING))
+        em__conn_established(conn);
+}
+
 void em__conn_free(em_conn *conn)
 {
     if (conn->fdx)
@@ -286,14 +303,7 @@ void em__conn_flush(em_conn *conn)
         em__conn_update_interest(conn);
 }
 
-/* Datagram connections take the refusal branch too (send_refused routes
- * them), so streams pay no extra test for them. */
-#define SEND_REFUSED                                                           \
-    (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING |    \
-     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT | EM__CONN_WATCH_ONLY |    \
-     EM__CONN_DATAGRAM)
-
-static int send_refusal(const em_conn *conn)
+int em__conn_send_refusal(const em_conn *conn)
 {
     if (conn->flags & EM__CONN_WATCH_ONLY)
         return -EOPNOTSUPP; /* em_watch'ed: never written */
@@ -307,9 +317,9 @@ static int send_refusal(const em_conn *conn)
 
 static int send_refused(em_conn *conn, const void *data, size_t len)
 {
-    if ((conn->flags & SEND_REFUSED) == EM__CONN_DATAGRAM)
+    if ((conn->flags & EM__SEND_REFUSED) == EM__CONN_DATAGRAM)
         return em__dgram_reply(conn, data, len);
-    return send_refusal(conn);
+    return em__conn_send_refusal(conn);
 }
 
 static int can_write_now(const em_conn *conn)
@@ -323,7 +333,7 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
 {
     if (!conn || (!data && len > 0))
         return -EINVAL;
-    if (conn->flags & SEND_REFUSED)
+    if (conn->flags & EM__SEND_REFUSED)
         return send_refused(conn, data, len);
     if (len == 0)
         return 0;
@@ -373,7 +383,7 @@ void em__conn_peer_eof(em_conn *conn)
     em__conn_update_interest(conn);
 }
 
-static int can_read(const em_conn *conn)
+int em__conn_can_read(const em_conn *conn)
 {
     return !(conn->flags &
              (EM__CONN_CLOSING | EM__CONN_PAUSED | EM__CONN_READ_EOF |
@@ -383,7 +393,7 @@ static int can_read(const em_conn *conn)
 void em__conn_read(em_conn *conn)
 {
     em_loop *loop = conn->loop;
-    for (int i = 0; i < EM__READS_PER_WAKEUP && can_read(conn); i++) {
+    for (int i = 0; i < EM__READS_PER_WAKEUP && em__conn_can_read(conn); i++) {
         ssize_t n =
             conn->transport->read(conn, loop->read_buf, sizeof(loop->read_buf));
         if (n == -EAGAIN)

@@ -494,18 +494,6 @@ static int send_to(em_conn *conn, const void *data, size_t len,
     return enqueue(conn, data, len, to, to_len);
 }
 
-/* What em_send_data says for a closed or closing connection. */
-static int refusal(const em_conn *conn)
-{
-    if (conn->flags & EM__CONN_IN_UNBIND)
-        return -ENOTCONN;
-    if (conn->flags & EM__CONN_CLOSING)
-        return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE : -ENOTCONN;
-    if (conn->flags & EM__CONN_CLOSE_AFTER_WRITING)
-        return -EPIPE;
-    return 0;
-}
-
 int em__dgram_reply(em_conn *conn, const void *data, size_t len)
 {
     em__dgram *dg = dgram_of(conn);
@@ -558,12 +546,12 @@ int em_send_datagram(em_conn *conn, const void *data, size_t len,
         return -EINVAL;
     if (!(conn->flags & EM__CONN_DATAGRAM))
         return -EOPNOTSUPP;
-    int err = refusal(conn);
-    if (err < 0)
-        return err;
+    if (conn->flags &
+        (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING))
+        return em__conn_send_refusal(conn);
     em__dgram_addr to;
     socklen_t to_len;
-    err = destination(dgram_of(conn), host, port, &to, &to_len);
+    int err = destination(dgram_of(conn), host, port, &to, &to_len);
     if (err < 0)
         return err;
     return send_to(conn, data, len, &to, to_len, 0);
@@ -811,9 +799,7 @@ int em_open_datagram_socket(em_loop *loop, const char *host, int port,
     err = em__poller_set(loop, &conn->watcher, EM__IN);
     if (err < 0) {
         close(fd);
-        em__list_remove(&conn->link);
-        loop->conn_count--;
-        em__conn_free(conn);
+        em__conn_discard(conn);
         return err;
     }
     if (out)

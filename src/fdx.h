@@ -59,10 +59,6 @@ struct em__fdx {
 
 /* attach.c */
 em__fdx *em__fdx_new(em_conn *conn, int kind);
-/* Hands conn out (*out, may be NULL), runs post_init and arms it. */
-void em__conn_start(em_conn *conn, em_conn **out);
-/* Frees a connection that was never handed out (unlinks and uncounts). */
-void em__conn_discard(em_conn *conn);
 /* Sets O_NONBLOCK on fd. *restore gets the flags to put back, or -1 when
  * it was set already. Returns 0 or a negative errno. */
 int em__set_nonblock(int fd, int *restore);

@@ -114,19 +114,6 @@ ssize_t em__flush_range(em_conn *conn, em__chunk *head)
 
 /* ---- queueing --------------------------------------------------------- */
 
-/* As em_send_data refuses. */
-static int refusal(const em_conn *conn)
-{
-    if (conn->flags & EM__CONN_IN_UNBIND)
-        return -ENOTCONN;
-    if (conn->flags & EM__CONN_CLOSING)
-        return conn->flags & EM__CONN_CLOSE_AFTER_WRITING ? -EPIPE : -ENOTCONN;
-    if (conn->flags & (EM__CONN_CLOSE_AFTER_WRITING | EM__CONN_SHUT_PENDING |
-                       EM__CONN_WRITE_SHUT))
-        return -EPIPE;
-    return 0;
-}
-
 static int open_regular(const char *path, int *fd_out, uint64_t *size_out)
 {
     /* O_NONBLOCK: opening a FIFO must not wait for a writer. */
@@ -153,12 +140,14 @@ static int queue_file(em_conn *conn, const char *path, int http_chunks,
 {
     if (!conn || !path)
         return -EINVAL;
-    int err = refusal(conn);
-    if (err < 0)
-        return err;
+    if (conn->flags & EM__CONN_DATAGRAM)
+        return -EOPNOTSUPP;
+    if (conn->flags & EM__SEND_REFUSED)
+        return em__conn_send_refusal(conn);
     int fd = -1;
     uint64_t size = 0;
-    if ((err = open_regular(path, &fd, &size)) < 0)
+    int err = open_regular(path, &fd, &size);
+    if (err < 0)
         return err;
     em__fd_range *range = calloc(1, sizeof(*range));
     if (!range) {

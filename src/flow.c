@@ -26,14 +26,9 @@ em__relay *em__relay_get(em_conn *conn)
     return conn->relay;
 }
 
-static int is_gone(const em_conn *conn)
-{
-    return (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND)) != 0;
-}
-
 static void reading_changed(em_conn *conn)
 {
-    if (is_gone(conn))
+    if (em__conn_is_gone(conn))
         return;
     em__conn_update_interest(conn);
     if (conn->tls)
@@ -117,7 +112,7 @@ int em_set_watermarks(em_conn *conn, size_t high, size_t low, em_conn *throttle)
         throttle = conn;
     if (throttle->loop != conn->loop || (high && low >= high))
         return -EINVAL;
-    if (is_gone(conn) || is_gone(throttle))
+    if (em__conn_is_gone(conn) || em__conn_is_gone(throttle))
         return -ENOTCONN;
     return em__flow_link(conn, high, low, throttle);
 }
@@ -126,7 +121,7 @@ int em_pause_reading(em_conn *conn)
 {
     if (!conn)
         return -EINVAL;
-    if (is_gone(conn))
+    if (em__conn_is_gone(conn))
         return -ENOTCONN;
     conn->flags |= EM__CONN_READ_PAUSED;
     em__conn_update_interest(conn);
@@ -137,7 +132,7 @@ int em_resume_reading(em_conn *conn)
 {
     if (!conn)
         return -EINVAL;
-    if (is_gone(conn))
+    if (em__conn_is_gone(conn))
         return -ENOTCONN;
     conn->flags &= ~EM__CONN_READ_PAUSED;
     reading_changed(conn);

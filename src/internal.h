@@ -258,7 +258,7 @@ enum em__conn_flag {
     EM__CONN_NOTIFY_READABLE = 1u << 17,
     EM__CONN_NOTIFY_WRITABLE = 1u << 18,
     EM__CONN_SET_NONBLOCK = 1u << 19, /* em_attach set O_NONBLOCK */
-    EM__CONN_DATAGRAM = 1u << 20,    /* UDP socket (datagram.c) */
+    EM__CONN_DATAGRAM = 1u << 20,     /* UDP socket (datagram.c) */
 };
 
 struct em__connect_req;
@@ -285,7 +285,7 @@ struct em_conn {
     char *remote_host; /* owned: the host given to em_connect (TLS name) */
     /* stdio, unpollable files, processes (src/fdx.h); else NULL */
     struct em__fdx *fdx;
-    uint64_t id;       /* em_conn_id: generation << 32 | slot (conn_id.c) */
+    uint64_t id; /* em_conn_id: generation << 32 | slot (conn_id.c) */
     _Alignas(max_align_t) unsigned char state[];
 };
 
@@ -306,8 +306,8 @@ void em__conn_update_interest(em_conn *conn);
 em_conn *em__conn_new(em_loop *loop, const em_handler *handler, void *arg,
                       int fd, uint32_t flags);
 /* The same with `extra` zeroed bytes after the state (em__conn_extra). */
-em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler,
-                            void *arg, int fd, uint32_t flags, size_t extra);
+em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler, void *arg,
+                            int fd, uint32_t flags, size_t extra);
 /* The socket connected (or an accepted one is ready): arm and start. */
 void em__conn_established(em_conn *conn);
 /* Writes the queue; closes on error. */
@@ -315,6 +315,24 @@ void em__conn_flush(em_conn *conn);
 /* Runs unbind for every connection marked closing. */
 void em__conn_reap(em_loop *loop);
 void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents);
+/* Closing or inside unbind: no more control calls apply. */
+static inline int em__conn_is_gone(const em_conn *conn)
+{
+    return (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND)) != 0;
+}
+/* May the read path read now (not closing, paused, throttled, at EOF or
+ * connecting)? */
+int em__conn_can_read(const em_conn *conn);
+/* Flags under which em_send_data does not write (one test on its hot
+ * path). Datagram sockets take that branch too and are routed to their
+ * own send there, so streams pay nothing for them. */
+#define EM__SEND_REFUSED                                                       \
+    (EM__CONN_IN_UNBIND | EM__CONN_CLOSING | EM__CONN_CLOSE_AFTER_WRITING |    \
+     EM__CONN_SHUT_PENDING | EM__CONN_WRITE_SHUT | EM__CONN_WATCH_ONLY |       \
+     EM__CONN_DATAGRAM)
+/* Why a stream connection with one of EM__SEND_REFUSED's flags takes no
+ * more bytes: -ENOTCONN, -EPIPE or -EOPNOTSUPP (em_watch). */
+int em__conn_send_refusal(const em_conn *conn);
 /* The peer sent EOF: flush what is queued, then close. */
 void em__conn_peer_eof(em_conn *conn);
 /* Reads and delivers a few chunks (the read half of em__conn_on_event). */
@@ -323,6 +341,11 @@ void em__conn_read(em_conn *conn);
 void em__conn_touch(em_conn *conn);
 /* Frees a connection that will not be unbound (never handed out). */
 void em__conn_free(em_conn *conn);
+/* Hands conn out (*out, may be NULL), runs post_init and, unless it closed
+ * there, arms it as established. */
+void em__conn_start(em_conn *conn, em_conn **out);
+/* Frees a connection that was never handed out (unlinks and uncounts). */
+void em__conn_discard(em_conn *conn);
 void em__connect_free(em_conn *conn);
 void em__connect_on_writable(em_conn *conn);
 /* The resolver's answer for a connecting conn (ctx): tries every address
@@ -471,8 +494,6 @@ typedef struct em__resolve_job em__resolve_job;
 int em__resolve_start(em_loop *loop, const char *host, int port,
                       em__resolve_fn fn, void *ctx, em__resolve_job **out);
 void em__resolve_cancel(em_loop *loop, em__resolve_job *job);
-/* Delivers finished jobs (em__pool_deliver). */
-void em__resolver_deliver(em_loop *loop);
 /* Abandons the jobs in flight; before em__pool_free. */
 void em__resolver_free(em_loop *loop);
 
@@ -511,8 +532,8 @@ void em__dgram_loop_free(em_loop *loop);
 /* ---- connection ids (conn_id.c) --------------------------------------- */
 
 typedef struct em__id_slot {
-    em_conn *conn;     /* NULL: free, or its connection is unbinding */
-    uint32_t gen;      /* generation; a slot whose gen wraps is retired */
+    em_conn *conn; /* NULL: free, or its connection is unbinding */
+    uint32_t gen;  /* generation; a slot whose gen wraps is retired */
     uint32_t next_free;
 } em__id_slot;
 
@@ -598,9 +619,9 @@ struct em_loop {
     em__watcher embed_timer; /* timerfd once em_backend_fd was asked for */
     uint64_t embed_armed_ns; /* deadline it is armed to, UINT64_MAX none */
     int accepts_per_wakeup;
-    int max_wait_ms; /* -1: no cap */
+    int max_wait_ms;       /* -1: no cap */
     em__link proc_exiting; /* closed popen connections, child running */
-    em__ids ids;                        /* conn_id.c */
+    em__ids ids;           /* conn_id.c */
     struct em__dgram_batch *dgram_batch; /* datagram.c, first socket on */
 };
 

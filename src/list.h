@@ -10,8 +10,8 @@
 
 #include <stddef.h>
 
-#define em__container_of(ptr, type, member)                                   \
-    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define em__container_of(ptr, type, member)                                    \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 typedef struct em__link {
     struct em__link *prev;
@@ -42,6 +42,18 @@ static inline void em__list_remove(em__link *node)
     node->prev->next = node->next;
     node->next->prev = node->prev;
     em__list_init(node);
+}
+
+/* Moves every node of src to the end of dst; src is left empty. */
+static inline void em__list_splice_back(em__link *dst, em__link *src)
+{
+    if (em__list_empty(src))
+        return;
+    src->next->prev = dst->prev;
+    src->prev->next = dst;
+    dst->prev->next = src->next;
+    dst->prev = src->prev;
+    em__list_init(src);
 }
 
 static inline int em__list_linked(const em__link *node)

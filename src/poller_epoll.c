@@ -83,8 +83,8 @@ int em__poller_check(em_loop *loop, int fd)
 
 int em__poller_wait(em_loop *loop, int timeout_ms)
 {
-    int n = epoll_wait(loop->backend_fd, loop->ready, EM__MAX_EVENTS,
-                       timeout_ms);
+    int n =
+        epoll_wait(loop->backend_fd, loop->ready, EM__MAX_EVENTS, timeout_ms);
     if (n < 0)
         n = 0; /* EINTR: treat as an empty turn */
     loop->ready_count = n;

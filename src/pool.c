@@ -104,17 +104,6 @@ static em__job *job_of(em__link *link)
 }
 
 /* Moves every node of src to the back of dst; src ends empty. */
-static void list_take_all(em__link *dst, em__link *src)
-{
-    if (em__list_empty(src))
-        return;
-    src->next->prev = dst->prev;
-    src->prev->next = dst;
-    dst->prev->next = src->next;
-    dst->prev = src->prev;
-    em__list_init(src);
-}
-
 /* Lock held. A non-empty done list means a wakeup is already on its way. */
 static void push_done(em__pool *p, em__job *job, int status)
 {
@@ -298,7 +287,7 @@ void em__pool_deliver(em_loop *loop)
     em__link batch;
     em__list_init(&batch);
     pthread_mutex_lock(&p->lock);
-    list_take_all(&batch, &p->done);
+    em__list_splice_back(&batch, &p->done);
     pthread_mutex_unlock(&p->lock);
     deliver_batch(loop, &batch);
 }
@@ -325,7 +314,7 @@ size_t em__pool_free(em_loop *loop)
     size_t outstanding = p->defers;
     em__link batch;
     em__list_init(&batch);
-    list_take_all(&batch, &p->done);
+    em__list_splice_back(&batch, &p->done);
     deliver_batch(loop, &batch);
     free(p->threads);
     free(p->slots);

@@ -162,13 +162,6 @@ static int target_can_write(const em_conn *target)
                               EM__CONN_HANDSHAKING | EM__CONN_CLOSING));
 }
 
-static int source_can_read(const em_conn *conn)
-{
-    return !(conn->flags &
-             (EM__CONN_CLOSING | EM__CONN_PAUSED | EM__CONN_READ_EOF |
-              EM__CONN_READ_PAUSED | EM__CONN_THROTTLED));
-}
-
 /* The pipe is full though the source has bytes: wait for the target. */
 static int pipe_is_full(em__proxy *p)
 {
@@ -209,7 +202,7 @@ static void splice_in(em_conn *conn)
 {
     for (int i = 0; i < EM__READS_PER_WAKEUP; i++) {
         em__proxy *p = conn->relay ? conn->relay->proxy : NULL;
-        if (!p || !source_can_read(conn))
+        if (!p || !em__conn_can_read(conn))
             return;
         size_t waiting = p->target->out.bytes;
         size_t count = waiting < p->bufsize ? p->bufsize - waiting : 0;
@@ -266,17 +259,12 @@ static void splice_on_event(em_loop *loop, em__watcher *w, unsigned revents)
 
 /* ---- starting and stopping -------------------------------------------- */
 
-static int is_gone(const em_conn *conn)
-{
-    return (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND)) != 0;
-}
-
 int em_proxy_incoming_to(em_conn *from, em_conn *to, size_t bufsize,
                          size_t length)
 {
     if (!from || !to || from == to || from->loop != to->loop)
         return -EINVAL;
-    if (is_gone(from) || is_gone(to))
+    if (em__conn_is_gone(from) || em__conn_is_gone(to))
         return -ENOTCONN;
     if ((from->relay && from->relay->proxy) ||
         (to->relay && to->relay->proxied_from))

@@ -205,11 +205,6 @@ void em__resolve_cancel(em_loop *loop, em__resolve_job *job)
     em__pool_abandon(loop, &job->job);
 }
 
-void em__resolver_deliver(em_loop *loop)
-{
-    em__pool_deliver(loop);
-}
-
 void em__resolver_free(em_loop *loop)
 {
     if (loop == NULL || loop->resolver == NULL)

@@ -42,8 +42,8 @@ static int set_int_opt(int fd, int level, int name, int value)
 static int open_listener(const struct sockaddr *sa, socklen_t len,
                          const em_server_opts *opts)
 {
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    0);
+    int fd =
+        socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     int err = 0;
@@ -302,7 +302,7 @@ static void resume_accepting(em_loop *loop, void *arg)
     server->retry_timer = 0;
     if (em__poller_set(loop, &server->watcher, EM__IN) < 0)
         em_add_timer(loop, EM__ACCEPT_RETRY_MS / 1000.0, resume_accepting,
-                      server, &server->retry_timer);
+                     server, &server->retry_timer);
 }
 
 /* Out of descriptors or kernel memory: back off instead of spinning. */
@@ -322,10 +322,7 @@ static void start_accepted(em_loop *loop, em_server *server, int fd)
         close(fd);
         return;
     }
-    if (conn->handler->post_init)
-        conn->handler->post_init(conn, conn->arg);
-    if (!(conn->flags & EM__CONN_CLOSING))
-        em__conn_established(conn);
+    em__conn_start(conn, NULL);
 }
 
 static void on_accept(em_loop *loop, em__watcher *w, unsigned revents)

@@ -171,13 +171,9 @@ static const em__transport stdio_transport = {
 
 static void on_writable(em_loop *loop, em__watcher *w, unsigned revents)
 {
-    (void)loop;
     (void)revents;
     em__fdx *x = em__container_of(w, em__fdx, out);
-    em_conn *conn = x->conn;
-    if (!(conn->flags & (EM__CONN_CLOSING | EM__CONN_PAUSED)) &&
-        conn->out.bytes > 0)
-        em__conn_flush(conn);
+    em__conn_on_event(loop, &x->conn->watcher, EM__OUT); /* the write half */
 }
 
 /* ---- em_open_stdio --------------------------------------------------- */

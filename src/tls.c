@@ -439,9 +439,7 @@ static void service(em_conn *conn, unsigned revents)
     }
     if (is_closing(conn))
         return;
-    if (has_buffered_input(t) &&
-        !(conn->flags & (EM__CONN_PAUSED | EM__CONN_READ_EOF |
-                         EM__CONN_READ_PAUSED | EM__CONN_THROTTLED)))
+    if (has_buffered_input(t) && em__conn_can_read(conn))
         em__tls_schedule(conn);
     em__conn_update_interest(conn);
 }
@@ -489,11 +487,8 @@ void em__tls_run_pending(em_loop *loop)
 {
     /* Only what was queued before this pass: a pass may queue again. */
     em__link batch;
-    batch.next = loop->tls_pending.next;
-    batch.prev = loop->tls_pending.prev;
-    batch.next->prev = &batch;
-    batch.prev->next = &batch;
-    em__list_init(&loop->tls_pending);
+    em__list_init(&batch);
+    em__list_splice_back(&batch, &loop->tls_pending);
     while (!em__list_empty(&batch)) {
         em__tls *t = em__container_of(batch.next, em__tls, pending_link);
         em__list_remove(&t->pending_link);

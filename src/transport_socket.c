@@ -26,8 +26,7 @@ static ssize_t socket_read(em_conn *conn, void *buf, size_t len)
     }
 }
 
-static ssize_t socket_writev(em_conn *conn, const struct iovec *iov,
-                             int count)
+static ssize_t socket_writev(em_conn *conn, const struct iovec *iov, int count)
 {
     if (count == 1) { /* the common direct write: no msghdr to build */
         for (;;) {
