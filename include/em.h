@@ -194,6 +194,16 @@ typedef struct em_handler {
     void (*proxy_completed)(em_conn *conn);
     void (*notify_readable)(em_conn *conn);
     void (*notify_writable)(em_conn *conn);
+    /* Framing (em_use_lines, em_use_frames): with a framer attached these
+     * get whole messages instead of receive_data getting chunks. A line,
+     * without its delimiter; valid only during the call. */
+    void (*receive_line)(em_conn *conn, const char *line, size_t len);
+    /* Binary mode (em_set_binary_mode): the block, or each piece of it. */
+    void (*receive_binary_data)(em_conn *conn, const char *data, size_t len);
+    /* A sized binary block is complete (line mode is back on). */
+    void (*receive_end_of_binary_data)(em_conn *conn);
+    /* One length-prefixed frame, without its prefix (may be empty). */
+    void (*receive_frame)(em_conn *conn, const char *data, size_t len);
 } em_handler;
 
 /* ------------------------------------------------------------------ */
@@ -1093,6 +1103,159 @@ em_conn *em_conn_lookup(const em_loop *loop, uint64_t id);
  * freed are dropped. The loop must outlive the call. Returns 0 (queued),
  * -EINVAL (NULL loop, id 0, NULL data with len > 0) or -ENOMEM. */
 int em_send_data_id(em_loop *loop, uint64_t id, const void *data, size_t len);
+
+
+/* ------------------------------------------------------------------ */
+/* Framing: lines, binary blocks, length-prefixed frames                */
+/* ------------------------------------------------------------------ */
+
+/*
+ * receive_data gets arbitrary chunks. A framer turns them into messages:
+ * attach one to a connection (em_use_lines, em_use_frames) and the
+ * handler's receive_line / receive_binary_data / receive_frame get whole
+ * messages, wherever the chunk boundaries fell. A message that lies whole
+ * inside one read chunk is passed straight from the read buffer (no copy);
+ * only a message split across chunks is assembled in a buffer, which is
+ * bounded by the framer's maximum. The same parsers run standalone over
+ * any byte source (em_lines_new, em_frames_new).
+ *
+ * em_pause, em_pause_reading or a watermark taking effect inside a
+ * message callback stops delivery before the next message; the rest of the
+ * chunk waits in the framer and comes after em_resume, before anything
+ * read later. Once the connection is closing (em_close_connection, after
+ * writing or not) the rest of the input is dropped.
+ */
+
+/* Line framing: EventMachine's LineText2. */
+typedef struct em_line_opts {
+    const char *delimiter; /* any bytes; NULL = "\n" */
+    size_t delimiter_len;  /* 0 = strlen(delimiter) */
+    size_t max_line;       /* longest line, delimiter excluded; 0 = 16 KiB */
+    size_t max_binary;     /* largest whole binary block; 0 = 32 MiB */
+    int keep_cr;           /* 0: with "\n", one trailing "\r" is removed */
+} em_line_opts;
+
+#define EM_MAX_LINE_DEFAULT ((size_t)16 * 1024)
+#define EM_MAX_BINARY_DEFAULT ((size_t)32 * 1024 * 1024)
+
+/* em_set_binary_mode flags. */
+#define EM_BINARY_WHOLE 0  /* the block comes in one receive_binary_data */
+#define EM_BINARY_PIECES 1 /* pieces as they arrive, unbounded memory-free */
+
+/* Attaches a line framer to conn (opts may be NULL): every line goes to
+ * receive_line without its delimiter. Replaces a framer already attached;
+ * bytes that framer held are re-parsed as lines. Callable anywhere on the
+ * loop thread, also inside receive_data (the rest of that chunk is not
+ * re-parsed: it already went to receive_data). A line longer than
+ * max_line closes the connection with unbind(-EMSGSIZE). At the peer's
+ * EOF an unterminated last line is delivered before unbind (a partial
+ * sized binary block goes to receive_binary_data, without the end call).
+ * Returns 0, -EINVAL (NULL conn, empty delimiter, max_line or max_binary
+ * too small), -ENOTCONN (closing), -EOPNOTSUPP (datagram or em_watch
+ * connection), -ENOMEM. */
+int em_use_lines(em_conn *conn, const em_line_opts *opts);
+
+/* Changes the delimiter of conn's line framer, effective for the next line
+ * (also from inside receive_line). Returns 0, -EINVAL (no line framer,
+ * empty delimiter), -ENOMEM. */
+int em_set_delimiter(em_conn *conn, const char *delimiter, size_t len);
+
+/* Switches conn's line framer to binary mode for the next `size` bytes,
+ * also in the middle of a chunk (from inside receive_line). size 0 =
+ * unbounded: every byte goes to receive_binary_data as it arrives until
+ * em_set_line_mode. EM_BINARY_WHOLE delivers a sized block in one call
+ * (at most max_binary bytes, buffered); EM_BINARY_PIECES delivers it as it
+ * arrives, with no buffering and no size limit. Either way
+ * receive_end_of_binary_data follows the last byte, and line mode is back
+ * on before that call (so it may start another block). Returns 0, -EINVAL
+ * (no line framer, unknown flags), -EMSGSIZE (WHOLE and size > max_binary).
+ */
+int em_set_binary_mode(em_conn *conn, uint64_t size, int flags);
+
+/* Back to lines from binary mode (a sized block not yet complete is
+ * abandoned: no end call). Returns 0 or -EINVAL (no line framer). */
+int em_set_line_mode(em_conn *conn);
+
+/* Length-prefixed framing: every frame is a big-endian length of 1, 2 or 4
+ * bytes, or an unsigned LEB128 varint (protobuf's), then that many bytes. */
+typedef enum em_frame_prefix {
+    EM_PREFIX_U8 = 1,
+    EM_PREFIX_U16 = 2,
+    EM_PREFIX_U32 = 4,
+    EM_PREFIX_VARINT = 8,
+} em_frame_prefix;
+
+typedef struct em_frame_opts {
+    em_frame_prefix prefix; /* 0 = EM_PREFIX_U32 */
+    size_t max_frame;       /* largest accepted frame; 0 = 1 MiB */
+} em_frame_opts;
+
+#define EM_MAX_FRAME_DEFAULT ((size_t)1024 * 1024)
+
+/* Attaches a frame parser to conn (opts may be NULL): every frame goes to
+ * receive_frame. A length above max_frame closes the connection with
+ * unbind(-EMSGSIZE), a varint longer than 10 bytes with -EBADMSG, and an
+ * EOF in the middle of a frame with -EBADMSG (the partial frame is
+ * dropped). Returns as em_use_lines (-EINVAL also for an unknown prefix). */
+int em_use_frames(em_conn *conn, const em_frame_opts *opts);
+
+/* Sends data as one frame with conn's frame prefix (prefix and data leave
+ * in one write). Returns as em_send_data, or -EINVAL (no frame parser
+ * attached), -EMSGSIZE (len does not fit the prefix or exceeds max_frame:
+ * nothing is sent). */
+int em_send_frame(em_conn *conn, const void *data, size_t len);
+
+/* Writes the prefix for a frame of len bytes into out (10 bytes suffice).
+ * Returns its length, -EINVAL (unknown prefix) or -EMSGSIZE. Pure. */
+int em_frame_prefix_encode(em_frame_prefix prefix, uint64_t len,
+                           unsigned char out[10]);
+
+/* Removes conn's framer; bytes it held (a partial message, input held by a
+ * pause) go to receive_data at once, from inside this call. Returns 0 or
+ * -EINVAL (NULL conn). No framer: 0, nothing happens. */
+int em_use_raw(em_conn *conn);
+
+/* Standalone parsers: the same framing over bytes from anywhere. Callbacks
+ * get the `arg` given at creation. Not thread-safe; one thread per parser.
+ */
+typedef struct em_lines em_lines;
+typedef struct em_line_callbacks {
+    void (*line)(void *arg, const char *line, size_t len);
+    void (*binary)(void *arg, const char *data, size_t len);
+    void (*end_of_binary)(void *arg);
+} em_line_callbacks;
+
+/* Makes a line parser (opts may be NULL). Returns 0, -EINVAL, -ENOMEM. */
+int em_lines_new(const em_line_opts *opts, const em_line_callbacks *cb,
+                 void *arg, em_lines **out);
+/* Parses len bytes; callbacks run inside. Returns 0, or -EMSGSIZE (a line
+ * exceeded max_line: the parser stays failed and refuses more input with
+ * the same error). Callbacks may call em_lines_set_* on this parser. */
+int em_lines_feed(em_lines *lines, const char *data, size_t len);
+/* End of input: delivers an unterminated last line (or the partial sized
+ * block). Returns 0, or -EMSGSIZE if the parser had failed. */
+int em_lines_finish(em_lines *lines);
+int em_lines_set_delimiter(em_lines *lines, const char *delimiter,
+                           size_t len);
+int em_lines_set_binary_mode(em_lines *lines, uint64_t size, int flags);
+int em_lines_set_line_mode(em_lines *lines);
+/* Bytes held for an incomplete message. */
+size_t em_lines_buffered(const em_lines *lines);
+void em_lines_free(em_lines *lines);
+
+typedef struct em_frames em_frames;
+typedef void (*em_frame_fn)(void *arg, const char *data, size_t len);
+
+/* Makes a frame parser (opts may be NULL). Returns 0, -EINVAL, -ENOMEM. */
+int em_frames_new(const em_frame_opts *opts, em_frame_fn on_frame, void *arg,
+                  em_frames **out);
+/* Parses len bytes. Returns 0, -EMSGSIZE or -EBADMSG (sticky, as above). */
+int em_frames_feed(em_frames *frames, const char *data, size_t len);
+/* End of input. Returns 0, -EBADMSG (inside a frame or prefix) or the
+ * earlier failure. */
+int em_frames_finish(em_frames *frames);
+size_t em_frames_buffered(const em_frames *frames);
+void em_frames_free(em_frames *frames);
 
 #ifdef __cplusplus
 }
