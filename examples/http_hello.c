@@ -47,6 +47,7 @@
  * after 30 s (em_set_comm_inactivity_timeout), which also ends slow clients
  * that never finish a head.
  */
+#define _POSIX_C_SOURCE 200809L /* gmtime_r under -std=c11 */
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
