@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # results.sh - regenerates bench/RESULTS.md (and bench/ratios.png) in one go.
 #
-#   bench/results.sh [--quick] [--bench-dir DIR] [--tls-only] [-- run.sh options]
+#   bench/results.sh [--quick] [--bench-dir DIR] [--tls-only | --http-only]
+#                    [-- run.sh options]
 #
 # Runs the echo comparison (bench/run.sh), the micro-benchmarks
 # (bench/micro.sh), the TLS comparison with nginx (bench/tls_run.sh), the
 # zero-copy stream paths (bench/stream_run.sh) and UDP echo against libuv
-# (bench/udp_run.sh) on
-# this machine and writes what a reader needs to judge the numbers: the
+# (bench/udp_run.sh) and HTTP hello servers against evhttp and nginx
+# (bench/http_run.sh) on this machine and writes what a reader needs to judge the numbers: the
 # machine (CPU, cores, kernel, library versions), the exact commands, the
 # tables and the chart. `make bench` calls it; the committed RESULTS.md is
 # the last full run, so anyone can compare against it. --tls-only runs just
 # tls_run.sh and replaces the "## TLS" section of the existing RESULTS.md
-# (appending it when there is none), leaving everything else as it was.
+# (appending it when there is none), leaving everything else as it was;
+# --http-only does the same with http_run.sh and the "## HTTP" section.
 
 set -euo pipefail
 
@@ -20,6 +22,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH_DIR="$SCRIPT_DIR/../build-bench/bench"
 QUICK=""
 TLS_ONLY=no
+HTTP_ONLY=no
 RUN_ARGS=()
 
 while [ $# -gt 0 ]; do
@@ -27,6 +30,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=--quick ;;
     --bench-dir) BENCH_DIR=$2; shift ;;
     --tls-only) TLS_ONLY=yes ;;
+    --http-only) HTTP_ONLY=yes ;;
     --) shift; RUN_ARGS=("$@"); break ;;
     *) echo "results.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -60,6 +64,7 @@ run_cmd=(bash "$SCRIPT_DIR/run.sh" --bench-dir "$BENCH_DIR" $QUICK "${RUN_ARGS[@
 micro_cmd=(bash "$SCRIPT_DIR/micro.sh" --bench-dir "$BENCH_DIR" $QUICK)
 tls_cmd=(bash "$SCRIPT_DIR/tls_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 stream_cmd=(bash "$SCRIPT_DIR/stream_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
+http_cmd=(bash "$SCRIPT_DIR/http_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 udp_cmd=(bash "$SCRIPT_DIR/udp_run.sh" --bench-dir "$BENCH_DIR" --rounds 5
          --duration 2 --sizes "64 1024" --load "8x32")
 
@@ -74,18 +79,29 @@ tls_section()
     "${tls_cmd[@]}" || echo "(tls_run.sh failed: see $BENCH_DIR/tls_run.log)"
 }
 
-# Replaces the "## TLS" section of RESULTS.md (up to the next "## "
-# heading) with the file $1, or appends it when there is none.
+# The "## HTTP" section: http_hello against evhttp and nginx under wrk.
+http_section()
+{
+    echo "## HTTP: http_hello against evhttp and nginx (wrk)"
+    echo
+    echo "Command: \`${http_cmd[*]#"$SCRIPT_DIR/"}\`"
+    echo
+    "${http_cmd[@]}" || echo "(http_run.sh failed: see $BENCH_DIR/http_run.log)"
+}
+
+# Replaces the section of RESULTS.md whose heading starts with $2 (default
+# "## TLS"; up to the next "## " heading) with the file $1, or appends it
+# when there is none.
 splice_tls_section()
 {
-    local new=$1 file="$SCRIPT_DIR/RESULTS.md"
+    local new=$1 file="$SCRIPT_DIR/RESULTS.md" heading=${2:-"## TLS"}
     [ -f "$file" ] || : >"$file"
-    awk -v new="$new" '
+    awk -v new="$new" -v heading="$heading" '
         function put(   line) {
             while ((getline line < new) > 0) print line
             close(new); done = 1
         }
-        /^## TLS/ { put(); skip = 1; next }
+        index($0, heading) == 1 { put(); skip = 1; next }
         skip && /^## / { skip = 0 }
         !skip { print }
         END { if (!done) { print ""; put() } }' "$file" >"$out"
@@ -97,6 +113,13 @@ if [ "$TLS_ONLY" = yes ]; then
     splice_tls_section "$out.tls"
     rm -f "$out.tls"
     echo "wrote the TLS section of $SCRIPT_DIR/RESULTS.md"
+    exit 0
+fi
+if [ "$HTTP_ONLY" = yes ]; then
+    http_section >"$out.http"
+    splice_tls_section "$out.http" "## HTTP"
+    rm -f "$out.http"
+    echo "wrote the HTTP section of $SCRIPT_DIR/RESULTS.md"
     exit 0
 fi
 
@@ -142,6 +165,8 @@ fi
     echo "Command: \`${udp_cmd[*]#"$SCRIPT_DIR/"}\` (details: UDP_RESULTS.md)"
     echo
     "${udp_cmd[@]}" || echo "(udp_run.sh failed)"
+    echo
+    http_section
 } >"$out"
 mv "$out" "$SCRIPT_DIR/RESULTS.md"
 echo "wrote $SCRIPT_DIR/RESULTS.md"

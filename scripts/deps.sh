@@ -19,7 +19,7 @@ for arg in "$@"; do
     case "$arg" in
     --bench)
         packages+=(libuv1-dev libevent-dev libev-dev gnuplot-nox strace
-                   linux-perf)
+                   linux-perf wrk)
         ;;
     --valgrind)
         packages+=(valgrind)
