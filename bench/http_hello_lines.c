@@ -165,8 +165,8 @@ int main(int argc, char **argv)
     em_loop *loop;
     em_server *server;
     if (em_loop_new(&loop) < 0 ||
-        em_start_server(loop, "127.0.0.1", atoi(argv[1]), &handler, &app,
-                        NULL, &server) < 0 ||
+        em_start_server(loop, "127.0.0.1", atoi(argv[1]), &handler, &app, NULL,
+                        &server) < 0 ||
         em_add_signal(loop, SIGINT, on_signal, NULL, NULL) < 0 ||
         em_add_signal(loop, SIGTERM, on_signal, NULL, NULL) < 0) {
         fprintf(stderr, "http_hello_lines: cannot start\n");
