@@ -265,7 +265,7 @@ static inline size_t fc_compare(const fc_log *a, const fc_log *b)
     for (size_t i = 0; i < n; i++) {
         const fc_event *x = &a->ev[i], *y = &b->ev[i];
         if (x->type != y->type || x->len != y->len ||
-            memcmp(a->bytes + x->off, b->bytes + y->off, x->len) != 0)
+            (x->len && memcmp(a->bytes + x->off, b->bytes + y->off, x->len)))
             return i + 1;
     }
     if (a->count != b->count || a->err != b->err)
