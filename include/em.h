@@ -20,6 +20,7 @@
 #ifndef EM_H
 #define EM_H
 
+#include <errno.h> /* the API's results are -E* constants: callers compare */
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -1164,10 +1165,12 @@ int em_use_lines(em_conn *conn, const em_line_opts *opts);
 
 /* Changes the delimiter of conn's line framer, effective for the next line
  * (also from inside receive_line). Returns 0, -EINVAL (no line framer,
- * empty delimiter), -ENOMEM. */
+ * empty delimiter), -ENOMEM, -EBUSY (called outside a callback while a
+ * partial line is buffered). */
 int em_set_delimiter(em_conn *conn, const char *delimiter, size_t len);
 
-/* Switches conn's line framer to binary mode for the next `size` bytes,
+/* Switches conn's line framer to binary mode for the next `size` bytes
+ * (-EBUSY like em_set_delimiter),
  * also in the middle of a chunk (from inside receive_line). size 0 =
  * unbounded: every byte goes to receive_binary_data as it arrives until
  * em_set_line_mode. EM_BINARY_WHOLE delivers a sized block in one call
@@ -1242,12 +1245,17 @@ int em_lines_feed(em_lines *lines, const char *data, size_t len);
 /* End of input: delivers an unterminated last line (or the partial sized
  * block). Returns 0, or -EMSGSIZE if the parser had failed. */
 int em_lines_finish(em_lines *lines);
+/* em_set_delimiter for a standalone parser. Returns 0, -EINVAL, -ENOMEM,
+ * or -EBUSY (a partial line is buffered: it was cut by the old one). */
 int em_lines_set_delimiter(em_lines *lines, const char *delimiter,
                            size_t len);
+/* em_set_binary_mode for a standalone parser; -EBUSY as above. */
 int em_lines_set_binary_mode(em_lines *lines, uint64_t size, int flags);
+/* em_set_line_mode for a standalone parser. Returns 0 or -EINVAL. */
 int em_lines_set_line_mode(em_lines *lines);
 /* Bytes held for an incomplete message. */
 size_t em_lines_buffered(const em_lines *lines);
+/* Frees the parser (NULL is fine); never from inside its callbacks. */
 void em_lines_free(em_lines *lines);
 
 typedef struct em_frames em_frames;
@@ -1261,7 +1269,9 @@ int em_frames_feed(em_frames *frames, const char *data, size_t len);
 /* End of input. Returns 0, -EBADMSG (inside a frame or prefix) or the
  * earlier failure. */
 int em_frames_finish(em_frames *frames);
+/* Bytes held for an incomplete prefix or frame. */
 size_t em_frames_buffered(const em_frames *frames);
+/* Frees the parser (NULL is fine); never from inside its callback. */
 void em_frames_free(em_frames *frames);
 
 #ifdef __cplusplus
