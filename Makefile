@@ -9,6 +9,7 @@
 #   make bench      the benchmarks (build-bench/): bench/results.sh $(BENCH_ARGS)
 #                   writes bench/RESULTS.md, e.g. make bench BENCH_ARGS=--quick
 #   make format     clang-format every C file in place
+#   make reference  regenerate docs/reference.md from include/em.h
 #   make clean      remove the build directories
 
 BUILD        ?= build
@@ -32,7 +33,7 @@ VG_TESTS     ?=
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build run test sanitize valgrind bench format clean
+.PHONY: all deps build run test sanitize valgrind bench format reference clean
 
 all: build
 
@@ -76,6 +77,12 @@ bench:
 format:
 	clang-format -i include/*.h src/*.[ch] tests/*.[ch] \
 	    $(wildcard examples/*.c)
+
+# docs/reference.md is checked in; the docs_reference test fails when it
+# and em.h disagree. awk only: no build needed.
+reference:
+	awk -f scripts/reference.awk include/em.h > docs/reference.md.tmp
+	mv docs/reference.md.tmp docs/reference.md
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(VG_BUILD) $(BENCH_BUILD)
