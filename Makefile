@@ -11,6 +11,7 @@
 #   make fuzz       the framers' fuzz harnesses (build-fuzz/, clang's
 #                   libFuzzer when installed), FUZZ_SECONDS each (60)
 #   make format     clang-format every C file in place
+#   make reference  regenerate docs/reference.md from include/em.h
 #   make clean      remove the build directories
 
 BUILD        ?= build
@@ -36,7 +37,7 @@ VG_TESTS     ?=
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build run test sanitize valgrind bench fuzz format clean
+.PHONY: all deps build run test sanitize valgrind bench fuzz format reference clean
 
 all: build
 
@@ -91,6 +92,12 @@ bench:
 format:
 	clang-format -i include/*.h src/*.[ch] tests/*.[ch] \
 	    $(wildcard examples/*.c)
+
+# docs/reference.md is checked in; the docs_reference test fails when it
+# and em.h disagree. awk only: no build needed.
+reference:
+	awk -f scripts/reference.awk include/em.h > docs/reference.md.tmp
+	mv docs/reference.md.tmp docs/reference.md
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(VG_BUILD) $(BENCH_BUILD) $(FUZZ_BUILD)
