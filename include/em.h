@@ -1158,8 +1158,8 @@ typedef struct em_line_opts {
  * max_line closes the connection with unbind(-EMSGSIZE). At the peer's
  * EOF an unterminated last line is delivered before unbind (a partial
  * sized binary block goes to receive_binary_data, without the end call).
- * Returns 0, -EINVAL (NULL conn, empty delimiter, max_line or max_binary
- * too small), -ENOTCONN (closing), -EOPNOTSUPP (datagram or em_watch
+ * Returns 0, -EINVAL (NULL conn, empty delimiter, a handler without
+ * receive_line), -ENOTCONN (closing), -EOPNOTSUPP (datagram or em_watch
  * connection), -ENOMEM. */
 int em_use_lines(em_conn *conn, const em_line_opts *opts);
 
@@ -1206,7 +1206,8 @@ typedef struct em_frame_opts {
  * receive_frame. A length above max_frame closes the connection with
  * unbind(-EMSGSIZE), a varint longer than 10 bytes with -EBADMSG, and an
  * EOF in the middle of a frame with -EBADMSG (the partial frame is
- * dropped). Returns as em_use_lines (-EINVAL also for an unknown prefix). */
+ * dropped). Returns as em_use_lines (-EINVAL for an unknown prefix or a
+ * handler without receive_frame). */
 int em_use_frames(em_conn *conn, const em_frame_opts *opts);
 
 /* Sends data as one frame with conn's frame prefix (prefix and data leave

@@ -17,7 +17,8 @@
  * EOF inside a frame (-EBADMSG) and a frame above the maximum (-EMSGSIZE);
  * em_reconnect keeps the framer but forgets a partial line; bad arguments
  * with exact errnos; em_send_datav queues what a small send buffer does
- * not take, in order; no descriptor leaks.
+ * not take, in order; the same pause/hold path under TLS, where input may
+ * also wait inside OpenSSL; no descriptor leaks.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -581,6 +582,15 @@ Test(framing_conn, reconnect_keeps_framer_forgets_partial_line,
 
 /* ---- bad arguments ----------------------------------------------------------- */
 
+static void noline_post_init(em_conn *conn, void *arg)
+{
+    int *done = arg;
+    cr_assert_eq(em_use_lines(conn, NULL), -EINVAL, "no receive_line");
+    cr_assert_eq(em_use_frames(conn, NULL), -EINVAL, "no receive_frame");
+    em_close_connection(conn, 0);
+    *done = 1;
+}
+
 static void bad_post_init(em_conn *conn, void *arg)
 {
     int *done = arg;
@@ -638,11 +648,20 @@ Test(framing_conn, bad_arguments, .timeout = TH_TIMEOUT(10))
     cr_assert_eq(em_send_datav(NULL, NULL, 0), -EINVAL);
     em_loop *loop = th_loop();
     int done = 0;
-    em_handler h = {.post_init = bad_post_init};
+    em_handler h = {.post_init = bad_post_init,
+                    .receive_line = s_line,
+                    .receive_frame = s_frame};
     em_server *server = th_start_server(loop, &h, &done);
     int fd = th_client_connect(th_listen_port(server));
     th_run_until(loop, &done, 5);
     close(fd);
+    done = 0;
+    em_handler nl = {.post_init = noline_post_init};
+    em_server *server2 = th_start_server(loop, &nl, &done);
+    fd = th_client_connect(th_listen_port(server2));
+    th_run_until(loop, &done, 5);
+    close(fd);
+    em_stop_server(server2);
     em_handler dh = {.post_init = dgram_post_init};
     em_conn *d = NULL;
     cr_assert_eq(em_open_datagram_socket(loop, "127.0.0.1", 0, &dh, NULL, &d),
@@ -684,4 +703,57 @@ Test(framing_conn, send_datav_queues_the_rest_in_order,
     cr_assert_eq(got, 1000001);
     close(fd);
     th_stop_and_free(loop, server);
+}
+
+/* ---- under TLS ----------------------------------------------------------- */
+
+static void tls_srv_post_init(em_conn *conn, void *arg)
+{
+    em_tls_options o = {.ephemeral_cert = 1};
+    cr_assert_eq(em_start_tls(conn, &o), 0);
+    s_post_init(conn, arg);
+}
+
+typedef struct tls_cli {
+    const char *msg;
+    size_t len;
+    int unbinds;
+} tls_cli;
+
+static void tls_cli_post_init(em_conn *conn, void *arg)
+{
+    tls_cli *c = arg;
+    em_tls_options o = {.verify_peer = EM_TLS_VERIFY_NONE};
+    cr_assert_eq(em_start_tls(conn, &o), 0);
+    cr_assert_eq(em_send_data(conn, c->msg, c->len), 0, "sent after handshake");
+}
+
+static void tls_cli_unbind(em_conn *conn, int reason)
+{
+    (void)reason;
+    ((tls_cli *)em_conn_arg(conn))->unbinds++;
+}
+
+Test(framing_conn, pause_holds_input_under_tls, .timeout = TH_TIMEOUT(30))
+{
+    srv *s = new_srv();
+    s->pause_each = 1;
+    em_handler h = srv_handler;
+    h.post_init = tls_srv_post_init;
+    em_server *server = th_start_server(s->loop, &h, s);
+    size_t len;
+    char *msg = numbered(300, &len);
+    tls_cli c = {msg, len, 0};
+    em_handler ch = {.post_init = tls_cli_post_init, .unbind = tls_cli_unbind};
+    em_conn *client = NULL;
+    cr_assert_eq(em_connect(s->loop, "127.0.0.1", th_listen_port(server), &ch,
+                            &c, &client),
+                 0);
+    char *want = numbered_log(300);
+    run_until_log(s, want, 20);
+    em_close_connection(client, 0);
+    th_run_until_count(s->loop, &c.unbinds, 1, 5);
+    cr_assert_eq(finish(s, server, -1), 0);
+    free(msg);
+    free(want);
 }
