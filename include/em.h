@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -294,6 +295,12 @@ void *em_conn_arg(const em_conn *conn);
  * the socket's error (-ECONNRESET, ...) when the write failed: the
  * connection then closes and its unbind gets the same reason. */
 int em_send_data(em_conn *conn, const void *data, size_t len);
+
+/* em_send_data for count pieces sent as one stream of bytes (a header and
+ * a body): one writev(2) when nothing is queued. Returns as em_send_data,
+ * -EINVAL also for a negative count or NULL iov with count > 0. On a
+ * datagram socket the pieces make one datagram. */
+int em_send_datav(em_conn *conn, const struct iovec *iov, int count);
 
 /* Closes the connection. after_writing = 0 drops queued data; nonzero
  * flushes every queued byte first. unbind follows later, never from inside

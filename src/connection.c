@@ -76,7 +76,8 @@ static unsigned wanted_interest(const em_conn *conn)
         return (f & EM__CONN_NOTIFY_READABLE ? EM__IN : 0) |
                (f & EM__CONN_NOTIFY_WRITABLE ? EM__OUT : 0);
     unsigned interest = 0;
-    if (!(f & (EM__CONN_READ_EOF | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED)))
+    if (!(f & (EM__CONN_READ_EOF | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED |
+               EM__CONN_FRAMER_HELD)))
         interest |= EM__IN;
     if (conn->out.head)
         interest |= EM__OUT;
@@ -161,6 +162,8 @@ static void conn_unbind(em_loop *loop, em_conn *conn)
     if (conn->flags & EM__CONN_RECONNECTED) {
         conn->flags &= ~EM__CONN_RECONNECTED;
         em__id_renew(conn);
+        if (conn->framer)
+            em__framer_reset(conn);
         return; /* em_reconnect linked it into loop->conns again */
     }
     loop->conn_count--;
@@ -188,6 +191,8 @@ void em__conn_free(em_conn *conn)
 {
     if (conn->fdx)
         em__fdx_free(conn);
+    if (conn->framer)
+        em__framer_free(conn);
     free(conn->relay);
     em__id_release(conn);
     free(conn->remote_host);
@@ -364,6 +369,78 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
     return 0;
 }
 
+/* em_send_data for several pieces: one writev when the queue is empty, so
+ * a header and a body (a frame prefix and its frame) leave together. */
+int em_send_datav(em_conn *conn, const struct iovec *iov, int count)
+{
+    if (!conn || count < 0 || (!iov && count > 0))
+        return -EINVAL;
+    size_t total = 0;
+    for (int i = 0; i < count; i++) {
+        if (!iov[i].iov_base && iov[i].iov_len > 0)
+            return -EINVAL;
+        if (total + iov[i].iov_len < total)
+            return -EINVAL;
+        total += iov[i].iov_len;
+    }
+    if (count == 1 || (conn->flags & EM__SEND_REFUSED) == EM__CONN_DATAGRAM) {
+        if (count <= 1)
+            return em_send_data(conn, count ? iov[0].iov_base : NULL,
+                                count ? iov[0].iov_len : 0);
+        /* a datagram is one message: gather it */
+        char *msg = malloc(total ? total : 1);
+        if (!msg)
+            return -ENOMEM;
+        size_t at = 0;
+        for (int i = 0; i < count; i++) {
+            if (iov[i].iov_len)
+                memcpy(msg + at, iov[i].iov_base, iov[i].iov_len);
+            at += iov[i].iov_len;
+        }
+        int err = em_send_data(conn, msg, total);
+        free(msg);
+        return err;
+    }
+    if (conn->flags & EM__SEND_REFUSED)
+        return em__conn_send_refusal(conn);
+    if (total == 0)
+        return 0;
+    size_t sent = 0;
+    if (can_write_now(conn)) {
+        int n_iov = count < EM__IOV_MAX ? count : EM__IOV_MAX;
+        ssize_t n = conn->transport->writev(conn, iov, n_iov);
+        if (n < 0 && n != -EAGAIN) {
+            em__conn_close_now(conn, (int)n);
+            return (int)n;
+        }
+        if (n > 0) {
+            touch(conn);
+            sent = (size_t)n;
+        }
+        if (sent == total)
+            return 0;
+    }
+    for (int i = 0; i < count; i++) {
+        size_t len = iov[i].iov_len;
+        const char *bytes = iov[i].iov_base;
+        if (sent >= len) {
+            sent -= len;
+            continue;
+        }
+        int err = em__outq_append(&conn->out, bytes + sent, len - sent);
+        sent = 0;
+        if (err < 0) { /* earlier pieces are queued: the stream is broken */
+            em__conn_close_now(conn, err);
+            return err;
+        }
+    }
+    conn->flags |= EM__CONN_WAS_QUEUED;
+    if (conn->relay)
+        em__flow_after_growth(conn);
+    em__conn_update_interest(conn);
+    return 0;
+}
+
 size_t em_get_outbound_data_size(const em_conn *conn)
 {
     return conn ? conn->out.bytes : 0;
@@ -374,6 +451,11 @@ size_t em_get_outbound_data_size(const em_conn *conn)
 /* Peer sent FIN: what we still owe it goes out first, then we close. */
 void em__conn_peer_eof(em_conn *conn)
 {
+    if (conn->framer) {
+        em__framer_eof(conn); /* a last unterminated line, or an error */
+        if (is_closing(conn))
+            return;
+    }
     conn->flags |= EM__CONN_READ_EOF;
     if (!conn->out.head) {
         em__conn_close_now(conn, 0);
@@ -387,7 +469,8 @@ int em__conn_can_read(const em_conn *conn)
 {
     return !(conn->flags &
              (EM__CONN_CLOSING | EM__CONN_PAUSED | EM__CONN_READ_EOF |
-              EM__CONN_CONNECTING | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED));
+              EM__CONN_CONNECTING | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED |
+              EM__CONN_FRAMER_HELD));
 }
 
 void em__conn_read(em_conn *conn)
@@ -409,8 +492,8 @@ void em__conn_read(em_conn *conn)
         touch(conn);
         if (conn->relay && conn->relay->proxy)
             em__proxy_deliver(conn, loop->read_buf, (size_t)n);
-        else if (conn->handler->receive_data)
-            conn->handler->receive_data(conn, loop->read_buf, (size_t)n);
+        else
+            em__conn_deliver(conn, loop->read_buf, (size_t)n);
         if ((size_t)n < sizeof(loop->read_buf))
             return;
     }
@@ -522,6 +605,8 @@ int em_resume(em_conn *conn)
         em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
     if (conn->flags & EM__CONN_DATAGRAM)
         em__dgram_resume(conn); /* datagrams read before the pause */
+    if (conn->framer)
+        em__framer_wake(conn); /* input held since the pause */
     return 0;
 }
 

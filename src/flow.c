@@ -33,6 +33,8 @@ static void reading_changed(em_conn *conn)
     em__conn_update_interest(conn);
     if (conn->tls)
         em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
+    if (conn->framer)
+        em__framer_wake(conn); /* input held since the pause */
 }
 
 void em__flow_set_throttled(em_conn *conn, int on)

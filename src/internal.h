@@ -28,6 +28,9 @@
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   datagram.c   UDP sockets as connections (recvmmsg batches, replies)
  *   conn_id.c    connection ids (generation-checked slots), em_send_data_id
+ *   lines.c      line/text framing (LineText2), standalone em_lines
+ *   frames.c     length-prefixed framing, standalone em_frames
+ *   framer.c     a parser attached to a connection; input held by pauses
  *   adapter.c    Backport's adapter model over handlers, servers and timers
  *   error.c      em_strerror, em_err_name
  */
@@ -254,6 +257,7 @@ enum em__conn_flag {
     EM__CONN_HANDSHAKING = 1u << 11, /* TLS handshake: plaintext waits */
     EM__CONN_READ_PAUSED = 1u << 12, /* em_pause_reading */
     EM__CONN_THROTTLED = 1u << 13,   /* a watermark stopped our reading */
+    EM__CONN_FRAMER_HELD = 1u << 14, /* framer keeps unparsed input */
     /* descriptors (attach.c): bits 16-19 */
     EM__CONN_WATCH_ONLY = 1u << 16, /* em_watch: only notify_* callbacks */
     EM__CONN_NOTIFY_READABLE = 1u << 17,
@@ -289,6 +293,7 @@ struct em_conn {
     /* stdio, unpollable files, processes (src/fdx.h); else NULL */
     struct em__fdx *fdx;
     uint64_t id; /* em_conn_id: generation << 32 | slot (conn_id.c) */
+    struct em__framer *framer; /* em_use_lines / em_use_frames; or NULL */
     _Alignas(max_align_t) unsigned char state[];
 };
 
@@ -299,6 +304,30 @@ struct em_conn {
 static inline void *em__conn_extra(em_conn *conn)
 {
     return conn->state + EM__STATE_SPAN(conn->handler->state_size);
+}
+
+/* ---- framing (framer.c) --------------------------------------------- */
+
+typedef struct em__framer em__framer;
+/* A chunk for conn's framer (conn->framer is set). */
+void em__framer_feed(em_conn *conn, const char *data, size_t len);
+/* The peer's EOF: deliver a final partial line, fail a partial frame. */
+void em__framer_eof(em_conn *conn);
+/* Reading may resume: held input gets a pass (loop->framer_pending). */
+void em__framer_wake(em_conn *conn);
+void em__framer_run_pending(em_loop *loop);
+/* em_reconnect: partial input is forgotten, the framer stays. */
+void em__framer_reset(em_conn *conn);
+void em__framer_free(em_conn *conn);
+
+/* Where every chunk read from a stream goes. */
+static inline void em__conn_deliver(em_conn *conn, const char *data,
+                                    size_t len)
+{
+    if (conn->framer)
+        em__framer_feed(conn, data, len);
+    else if (conn->handler->receive_data)
+        conn->handler->receive_data(conn, data, len);
 }
 
 /* Marks conn closed with reason; unbind runs at the end of this batch. */
@@ -608,6 +637,7 @@ struct em_loop {
     em__link dead_servers;    /* stopped; freed after the current batch */
     em__link failed_connects; /* em_conn.link; closed next turn */
     em__link tls_pending;     /* em__tls needing a pass without an event */
+    em__link framer_pending;  /* em__framer with held input to parse */
     size_t conn_count;
 
     em__timers *timers;

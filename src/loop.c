@@ -136,6 +136,7 @@ static int loop_init(em_loop *loop)
     em__list_init(&loop->dead_servers);
     em__list_init(&loop->failed_connects);
     em__list_init(&loop->tls_pending);
+    em__list_init(&loop->framer_pending);
     em__list_init(&loop->proc_exiting);
     loop->now_ns = em__clock_ns();
 
@@ -271,7 +272,8 @@ uint64_t em__loop_next_deadline(const em_loop *loop)
     if (loop->ticks.count || atomic_load(&loop->stop_requested) ||
         !em__list_empty(&loop->pending_unbind) ||
         !em__list_empty(&loop->failed_connects) ||
-        !em__list_empty(&loop->tls_pending) || em__fswatch_pending(loop))
+        !em__list_empty(&loop->tls_pending) ||
+        !em__list_empty(&loop->framer_pending) || em__fswatch_pending(loop))
         return 0;
     uint64_t next = em__timers_next(loop->timers);
     uint64_t next_timeout = em__timeouts_next(&loop->timeouts);
@@ -311,6 +313,8 @@ static void turn(em_loop *loop, int timeout_ms)
     em__poller_dispatch(loop);
     if (!em__list_empty(&loop->tls_pending))
         em__tls_run_pending(loop);
+    if (!em__list_empty(&loop->framer_pending))
+        em__framer_run_pending(loop);
     em__conn_reap(loop);
     em__timers_run(loop);
     em__timeouts_run(loop);

@@ -149,9 +149,8 @@ void em__proxy_deliver(em_conn *conn, const char *data, size_t len)
     if (!p->length || p->moved < p->length)
         return;
     complete(p);
-    if (take < len && !(conn->flags & EM__CONN_CLOSING) &&
-        conn->handler->receive_data)
-        conn->handler->receive_data(conn, data + take, len - take);
+    if (take < len && !(conn->flags & EM__CONN_CLOSING))
+        em__conn_deliver(conn, data + take, len - take);
 }
 
 /* ---- the splice path -------------------------------------------------- */
