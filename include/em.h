@@ -1330,10 +1330,10 @@ int em_prepare_interval(em_loop *loop, double period, em_callback fn,
 int em_write(em_conn *conn, const void *data, size_t len);
 
 /* Backport's write_line, like Ruby's puts: data, then "\n" unless data
- * already ends with one; len 0 writes "\n" alone. A line under 4 KiB
- * leaves in one write; a longer one is two sends (one datagram on a
- * datagram socket). Returns as em_send_data, or -EINVAL (NULL conn, NULL
- * data with len > 0). */
+ * already ends with one; len 0 writes "\n" alone. Data and newline leave
+ * together (em_send_datav: one write, no copy; one datagram on a datagram
+ * socket). Returns as em_send_datav, or -EINVAL (NULL conn, NULL data with
+ * len > 0). */
 int em_write_line(em_conn *conn, const void *data, size_t len);
 
 /* Backport's close: flushes every queued byte, then closes

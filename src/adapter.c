@@ -175,38 +175,16 @@ int em_write(em_conn *conn, const void *data, size_t len)
     return em_send_data(conn, data, len);
 }
 
-/* Lines up to this size get their "\n" in a copy on the stack, so the line
- * leaves in one write; longer ones are sent in two calls (the second is
- * usually only appended to the queue). */
-#define LINE_COPY_MAX 4096
-
 int em_write_line(em_conn *conn, const void *data, size_t len)
 {
     if (!conn || (!data && len > 0))
         return -EINVAL;
-    const char *bytes = data;
-    if (len > 0 && bytes[len - 1] == '\n')
+    if (len > 0 && ((const char *)data)[len - 1] == '\n')
         return em_send_data(conn, data, len);
-    if (len < LINE_COPY_MAX) {
-        char line[LINE_COPY_MAX];
-        if (len > 0)
-            memcpy(line, bytes, len);
-        line[len] = '\n';
-        return em_send_data(conn, line, len + 1);
-    }
-    if (conn->flags & EM__CONN_DATAGRAM) {
-        /* Two sends would be two datagrams. */
-        char *line = malloc(len + 1);
-        if (!line)
-            return -ENOMEM;
-        memcpy(line, bytes, len);
-        line[len] = '\n';
-        int err = em_send_data(conn, line, len + 1);
-        free(line);
-        return err;
-    }
-    int err = em_send_data(conn, data, len);
-    return err < 0 ? err : em_send_data(conn, "\n", 1);
+    /* One writev with the newline: no copy, and one datagram on UDP. */
+    struct iovec iov[2] = {{.iov_base = (void *)data, .iov_len = len},
+                           {.iov_base = "\n", .iov_len = 1}};
+    return em_send_datav(conn, iov, 2);
 }
 
 int em_close(em_conn *conn)
