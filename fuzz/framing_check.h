@@ -18,6 +18,7 @@
 #ifndef EM_FRAMING_CHECK_H
 #define EM_FRAMING_CHECK_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +174,7 @@ static inline void fc_ref_lines(const fc_line_cfg *c, const char *in, size_t n,
             log->err = -EMSGSIZE;
             return;
         }
+        size_t next = ix + dlen; /* before a DLM command changes dlen */
         size_t chomped = fc_chomp(c, delim, dlen, in + pos, len);
         fc_add(log, FC_LINE, in + pos, chomped);
         int kind = 0;
@@ -190,7 +192,7 @@ static inline void fc_ref_lines(const fc_line_cfg *c, const char *in, size_t n,
                 left = v;
             }
         }
-        pos = ix + dlen;
+        pos = next;
     }
 }
 
@@ -265,7 +267,7 @@ static inline size_t fc_compare(const fc_log *a, const fc_log *b)
     for (size_t i = 0; i < n; i++) {
         const fc_event *x = &a->ev[i], *y = &b->ev[i];
         if (x->type != y->type || x->len != y->len ||
-            memcmp(a->bytes + x->off, b->bytes + y->off, x->len) != 0)
+            (x->len && memcmp(a->bytes + x->off, b->bytes + y->off, x->len)))
             return i + 1;
     }
     if (a->count != b->count || a->err != b->err)

@@ -6,6 +6,7 @@
 #                                nginx-light (TLS interop tests)
 #   scripts/deps.sh --bench      also what bench/ compares against and uses
 #   scripts/deps.sh --valgrind   also valgrind
+#   scripts/deps.sh --fuzz       also clang (libFuzzer for make fuzz)
 #
 # Only missing packages are installed (apt-get update first, once, and only
 # then); with everything present it is a quick no-op. Uses sudo when not
@@ -23,6 +24,9 @@ for arg in "$@"; do
         ;;
     --valgrind)
         packages+=(valgrind)
+        ;;
+    --fuzz)
+        packages+=(clang)
         ;;
     -h | --help)
         sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'

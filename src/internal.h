@@ -31,6 +31,7 @@
  *   lines.c      line/text framing (LineText2), standalone em_lines
  *   frames.c     length-prefixed framing, standalone em_frames
  *   framer.c     a parser attached to a connection; input held by pauses
+ *   adapter.c    Backport's adapter model over handlers, servers and timers
  *   error.c      em_strerror, em_err_name
  */
 #ifndef EM_INTERNAL_H
@@ -263,6 +264,8 @@ enum em__conn_flag {
     EM__CONN_NOTIFY_WRITABLE = 1u << 18,
     EM__CONN_SET_NONBLOCK = 1u << 19, /* em_attach set O_NONBLOCK */
     EM__CONN_DATAGRAM = 1u << 20,     /* UDP socket (datagram.c) */
+    /* Backport adapters (adapter.c): bits 24-25 */
+    EM__CONN_REMOTE_KEPT = 1u << 24, /* peer address saved at opening */
 };
 
 struct em__connect_req;
@@ -585,6 +588,12 @@ void em__id_renew(em_conn *conn);
 /* Frees the slot table and undelivered em_send_data_id copies. */
 void em__ids_free(em_loop *loop);
 
+/* ---- Backport adapters (adapter.c) ----------------------------------- */
+
+struct em__adapter;
+/* Frees the handlers the loop's adapters became (after every unbind). */
+void em__adapters_free(em_loop *loop);
+
 /* ---- the loop -------------------------------------------------------- */
 
 typedef struct em__task {
@@ -653,6 +662,7 @@ struct em_loop {
     em__link proc_exiting; /* closed popen connections, child running */
     em__ids ids;           /* conn_id.c */
     struct em__dgram_batch *dgram_batch; /* datagram.c, first socket on */
+    struct em__adapter *adapters; /* adapter.c: handlers adapters became */
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */

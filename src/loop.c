@@ -157,6 +157,7 @@ static void loop_release(em_loop *loop)
 {
     em__ids_free(loop);
     em__dgram_loop_free(loop);
+    em__adapters_free(loop);
     /* The resolver and the pool were freed by em_loop_free, in the order
      * they need; a loop_init failure never made them. */
     if (loop->signals)
