@@ -342,6 +342,9 @@ em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler, void *arg,
                             int fd, uint32_t flags, size_t extra);
 /* The socket connected (or an accepted one is ready): arm and start. */
 void em__conn_established(em_conn *conn);
+/* Bytes were added to conn's queue: drained becomes due, watermarks and
+ * the poll interest follow. */
+void em__conn_queued(em_conn *conn);
 /* Writes the queue; closes on error. */
 void em__conn_flush(em_conn *conn);
 /* Runs unbind for every connection marked closing. */
