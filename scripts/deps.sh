@@ -3,7 +3,10 @@
 #
 #   scripts/deps.sh              build + test: cmake gcc make pkg-config
 #                                libcriterion-dev libssl-dev openssl
-#                                nginx-light (TLS interop tests)
+#                                nginx-light (TLS interop tests), ruby
+#                                ruby-dev ruby-eventmachine ruby-test-unit
+#                                (the Ruby engine, its tests and the
+#                                reference engine they also run on)
 #   scripts/deps.sh --bench      also what bench/ compares against and uses
 #   scripts/deps.sh --valgrind   also valgrind
 #
@@ -13,7 +16,7 @@
 set -euo pipefail
 
 packages=(cmake gcc make pkg-config libcriterion-dev libssl-dev openssl
-          nginx-light)
+          nginx-light ruby ruby-dev ruby-eventmachine ruby-test-unit)
 
 for arg in "$@"; do
     case "$arg" in
@@ -25,7 +28,7 @@ for arg in "$@"; do
         packages+=(valgrind)
         ;;
     -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
