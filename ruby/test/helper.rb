@@ -8,6 +8,8 @@
 require "socket"
 require "timeout"
 require "tmpdir"
+require "fileutils"
+require "rbconfig"
 require "test/unit"
 
 class EngineTest < Test::Unit::TestCase

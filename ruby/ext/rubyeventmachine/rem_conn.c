@@ -33,11 +33,20 @@
 
 #include "rem.h"
 
+/* The connection whose unbind is running: libem's lookup no longer finds
+ * it, but EventMachine's Ruby asks about it there (SystemCmd#unbind calls
+ * get_status). Unbinds never nest. */
+static em_conn *unbinding;
+static uint64_t unbinding_sig;
+
 em_conn *rem_conn_of(VALUE sig)
 {
     if (!rem.loop || !RB_INTEGER_TYPE_P(sig))
         return NULL;
-    em_conn *conn = em_conn_lookup(rem.loop, NUM2ULL(sig));
+    uint64_t s = NUM2ULL(sig);
+    if (unbinding && s == unbinding_sig)
+        return unbinding;
+    em_conn *conn = em_conn_lookup(rem.loop, s);
     if (conn && em_conn_state(conn) == NULL)
         return NULL; /* not one of ours */
     return conn;
@@ -146,7 +155,11 @@ static void on_unbind(em_conn *conn, int reason)
         reason = 0;
     rem_event ev = {rc->sig, REM_CONNECTION_UNBOUND,
                     (uint64_t)(reason < 0 ? -reason : reason)};
+    unbinding = conn;
+    unbinding_sig = rc->sig;
     rem_call(rem_event_callback, (VALUE)&ev);
+    unbinding = NULL;
+    unbinding_sig = 0;
 }
 
 static void on_proxy_target_unbound(em_conn *conn)
