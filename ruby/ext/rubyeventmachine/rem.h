@@ -8,6 +8,7 @@
  *   rem_conn.c     connections: the one em_handler, servers, connects,
  *                  per-connection functions, Connection's native methods
  *   rem_more.c     descriptors, processes, datagrams, file watches, proxies
+ *   rem_tls.c      set_tls_parms, start_tls, verification, TLS getters
  *   rem_init.c     Init_rubyeventmachine: classes, constants, functions
  *
  * EventMachine's engine is a process-wide singleton (its Ruby layer keeps
@@ -117,12 +118,24 @@ typedef struct rem_conn {
     uint64_t sig;   /* em_conn_id at post_init */
     unsigned flags; /* REM_KNOWN, ... */
     int ruby_fd;    /* attach_fd: Ruby's descriptor (libem has a dup) */
+    struct rem_tls_parms *tls_parms; /* set_tls_parms until start_tls */
+    uint32_t verify_asked;           /* ssl_verify_peer answered, by depth */
+    uint32_t verify_accepted;
 } rem_conn;
 
 enum {
     REM_KNOWN = 1u << 0,         /* Ruby has (or is making) its object */
     REM_CLOSE_COUNTED = 1u << 1, /* counted in rem.close_scheduled */
 };
+
+/* @conns[sig], or EM::ConnectionNotBound (inside rem_call only). */
+VALUE rem_conn_object(uint64_t sig);
+
+/* TLS (rem_tls.c): the handler's ssl_verify_peer, and set_tls_parms's
+ * copy, freed at start_tls or unbind. */
+int rem_on_verify_peer(em_conn *conn, const char *pem, size_t len, int depth,
+                       int preverified);
+void rem_tls_parms_free(rem_conn *rc);
 
 /* Event for EventMachine.event_callback(sig, code, data). */
 typedef struct rem_event {
@@ -141,6 +154,7 @@ int rem_resolve(const char *host, int port, char *buf, size_t size);
 void rem_define_machine(void);
 void rem_define_conn(void);
 void rem_define_more(void);
+void rem_define_tls(void);
 /* release_machine: frees what the connection side keeps (servers). */
 void rem_conn_release(void);
 

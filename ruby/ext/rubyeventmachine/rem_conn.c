@@ -62,7 +62,7 @@ VALUE rem_event_callback(VALUE arg)
 }
 
 /* @conns[sig], or ConnectionNotBound as EventMachine's ensure_conn. */
-static VALUE conn_object(uint64_t sig)
+VALUE rem_conn_object(uint64_t sig)
 {
     VALUE conn = rb_hash_aref(rem.conns, ULL2NUM(sig));
     if (NIL_P(conn))
@@ -78,7 +78,7 @@ typedef struct call0 {
 static VALUE call_conn0(VALUE arg)
 {
     const call0 *c = (const call0 *)arg;
-    return rb_funcall(conn_object(c->sig), c->method, 0);
+    return rb_funcall(rem_conn_object(c->sig), c->method, 0);
 }
 
 static void deliver0(em_conn *conn, ID method)
@@ -145,6 +145,7 @@ static void on_receive_data(em_conn *conn, const char *data, size_t len)
 static void on_unbind(em_conn *conn, int reason)
 {
     rem_conn *rc = em_conn_state(conn);
+    rem_tls_parms_free(rc);
     if (rc->flags & REM_CLOSE_COUNTED)
         rem.close_scheduled--;
     if (!(rc->flags & REM_KNOWN))
@@ -160,6 +161,11 @@ static void on_unbind(em_conn *conn, int reason)
     rem_call(rem_event_callback, (VALUE)&ev);
     unbinding = NULL;
     unbinding_sig = 0;
+}
+
+static void on_handshake_completed(em_conn *conn)
+{
+    deliver0(conn, rem_id_ssl_handshake_completed);
 }
 
 static void on_proxy_target_unbound(em_conn *conn)
@@ -188,6 +194,8 @@ const em_handler rem_handler = {
     .connection_completed = on_completed,
     .receive_data = on_receive_data,
     .unbind = on_unbind,
+    .ssl_handshake_completed = on_handshake_completed,
+    .ssl_verify_peer = rem_on_verify_peer,
     .proxy_target_unbound = on_proxy_target_unbound,
     .proxy_completed = on_proxy_completed,
     .notify_readable = on_notify_readable,

@@ -3,10 +3,7 @@
  * surface as Debian's engine defines it (module functions, the Connection
  * class with its native methods, the event codes, the TLS constants and
  * the exception classes), on libem.
- *
- * Functions not implemented yet are still defined, raising
- * NotImplementedError with their name, so a program learns at the call
- * which one it needs; docs/ruby.md lists them.
+
  */
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
@@ -25,31 +22,6 @@ ID rem_id_call, rem_id_event_callback, rem_id_receive_data,
     rem_id_at_error_handler, rem_id_ssl_handshake_completed,
     rem_id_ssl_verify_peer, rem_id_proxy_target_unbound, rem_id_proxy_completed,
     rem_id_notify_readable, rem_id_notify_writable;
-
-static VALUE not_implemented(int argc, VALUE *argv, VALUE self)
-{
-    (void)argc;
-    (void)argv;
-    (void)self;
-    rb_raise(rb_eNotImpError,
-             "EventMachine.%s is not implemented by libem's engine yet "
-             "(docs/ruby.md)",
-             rb_id2name(rb_frame_this_func()));
-    return Qnil;
-}
-
-/* Names still to do: each raises NotImplementedError when called. */
-static const char *const pending[] = {
-    "set_tls_parms",
-    "start_tls",
-    "get_peer_cert",
-    "get_cipher_bits",
-    "get_cipher_name",
-    "get_cipher_protocol",
-    "get_sni_hostname",
-    "ssl?",
-    NULL,
-};
 
 RUBY_FUNC_EXPORTED void Init_rubyeventmachine(void)
 {
@@ -130,6 +102,5 @@ RUBY_FUNC_EXPORTED void Init_rubyeventmachine(void)
     rem_define_machine();
     rem_define_conn();
     rem_define_more();
-    for (const char *const *name = pending; *name; name++)
-        rb_define_module_function(rem_mEM, *name, not_implemented, -1);
+    rem_define_tls();
 }

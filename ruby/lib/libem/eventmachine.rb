@@ -23,10 +23,12 @@ module LibEM
     root = File.expand_path("../../..", __dir__)
     candidates << File.join(root, "build", "ruby", "rubyeventmachine.so")
     candidates.concat(Dir[File.join(root, "build*", "ruby", "rubyeventmachine.so")].sort)
-    candidates.find { |path| File.file?(path) } or
-      raise LoadError, "libem's rubyeventmachine.so not found (looked in: " \
-                       "#{candidates.uniq.join(', ')}); build it with " \
-                       "`make` or set LIBEM_RUBY_EXT"
+    found = candidates.find { |path| File.file?(path) }
+    return File.expand_path(found) if found
+
+    raise LoadError, "libem's rubyeventmachine.so not found (looked in: " \
+                     "#{candidates.uniq.join(', ')}); build it with " \
+                     "`make` or set LIBEM_RUBY_EXT"
   end
 end
 
