@@ -325,6 +325,17 @@ class TestMore < EngineTest
     end
   end
 
+  def test_calls_that_abort_the_reference_raise
+    libem_only "bad signatures and descriptors raise (Debian's engine aborts)"
+    run_em do
+      e = assert_raise(RuntimeError) { EM.stop_server(987_654) }
+      assert_equal "failed to close nonexistent acceptor", e.message
+      e = assert_raise(RuntimeError) { EM.attach_fd(987_654, false) }
+      assert_equal "invalid file descriptor", e.message
+      EM.stop
+    end
+  end
+
   def test_keyboard_reads_standard_input
     engine_args = libem? ? ["-I", File.expand_path("../lib", __dir__), "-rlibem/eventmachine"] : []
     script = <<~RUBY
