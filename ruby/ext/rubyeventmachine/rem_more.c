@@ -166,16 +166,19 @@ static VALUE t_invoke_popen(VALUE self, VALUE cmd)
         rb_raise(rb_eRuntimeError, "too many arguments to popen");
     if (n < 2)
         rb_raise(rb_eRuntimeError, "no popen: %s", strerror(EINVAL));
-    /* EventMachine's Ruby passes [program, argv0, args...]. */
+    /* EventMachine's Ruby passes [program, argv0, args...]. The converted
+     * strings are kept in `keep` so that none is collected before use. */
+    VALUE keep = rb_ary_new_capa(n);
     const char **argv = ALLOCA_N(const char *, n);
     for (long i = 1; i < n; i++) {
         VALUE s = rb_ary_entry(cmd, i);
         argv[i - 1] = StringValueCStr(s);
+        rb_ary_push(keep, s);
     }
     argv[n - 1] = NULL;
     em_conn *conn = NULL;
     int err = em_popen(loop, argv, NULL, &rem_handler, NULL, &conn);
-    RB_GC_GUARD(cmd);
+    RB_GC_GUARD(keep);
     if (err < 0)
         rb_raise(rb_eRuntimeError, "no popen: %s", strerror(-err));
     return ULL2NUM(em_conn_id(conn));
