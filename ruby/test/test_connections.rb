@@ -407,6 +407,31 @@ class TestConnections < EngineTest
     assert_equal [Errno::ECONNREFUSED, :completed, nil], attempts
   end
 
+  def release_with_unbind(&unbind)
+    log = []
+    run_em do
+      sig, port = server
+      EM.connect("127.0.0.1", port, Module.new do
+        define_method(:connection_completed) { log << :completed; EM.stop }
+        define_method(:unbind) do |_r = nil|
+          log << :unbind
+          unbind.call(self, sig, port)
+        end
+      end)
+    end
+    assert_equal %i[completed unbind], log
+  end
+
+  def test_reconnecting_client_at_release
+    # As clients that reconnect from unbind do: EM.run must not raise.
+    release_with_unbind { |c, _sig, port| c.reconnect("127.0.0.1", port) }
+  end
+
+  def test_stop_server_at_release
+    libem_only "stop_server from an unbind at release (Debian's engine aborts)"
+    release_with_unbind { |_c, sig, _port| EM.stop_server(sig) }
+  end
+
   def test_connection_count_counts_servers_and_connections
     counts = []
     run_em do

@@ -274,7 +274,9 @@ static VALUE t_stop_tcp_server(VALUE self, VALUE sig)
     (void)self;
     em_loop *loop = rem_loop("evma_stop_tcp_server");
     rem_server *srv = server_of(sig);
-    if (!srv) /* EventMachine's C++ aborts the process here */
+    if (!srv && rem.releasing)
+        return Qnil; /* release_machine closed them all already */
+    if (!srv)        /* EventMachine's C++ aborts the process here */
         rb_raise(rb_eRuntimeError, "failed to close nonexistent acceptor");
     for (rem_server **p = &rem.servers; *p; p = &(*p)->next) {
         if (*p == srv) {
@@ -339,6 +341,11 @@ int rem_resolve(const char *host, int port, char *buf, size_t size)
 
 static VALUE connected(int err, em_conn *conn)
 {
+    /* A client that reconnects from its unbind does so at release too;
+     * libem opens nothing then (-ECANCELED). A signature that names no
+     * connection keeps EM.run from raising at every shutdown. */
+    if (err == -ECANCELED && rem.releasing)
+        return ULL2NUM(rem_new_sig());
     if (err < 0)
         rb_raise(rb_eRuntimeError, "no connection");
     return ULL2NUM(em_conn_id(conn));
