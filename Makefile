@@ -8,13 +8,18 @@
 #                   VG_TESTS="error loop" limits it to those areas
 #   make bench      the benchmarks (build-bench/): bench/results.sh $(BENCH_ARGS)
 #                   writes bench/RESULTS.md, e.g. make bench BENCH_ARGS=--quick
+#   make fuzz       the framers' fuzz harnesses (build-fuzz/, clang's
+#                   libFuzzer when installed), FUZZ_SECONDS each (60)
 #   make format     clang-format every C file in place
+#   make reference  regenerate docs/reference.md from include/em.h
 #   make clean      remove the build directories
 
 BUILD        ?= build
 ASAN_BUILD   ?= build-asan
 VG_BUILD     ?= build-valgrind
 BENCH_BUILD  ?= build-bench
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
 JOBS         ?= 2
 PORT         ?= 8000
 BENCH_ARGS   ?=
@@ -32,7 +37,7 @@ VG_TESTS     ?=
 SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build run test sanitize valgrind bench format clean
+.PHONY: all deps build run test sanitize valgrind bench fuzz format reference clean
 
 all: build
 
@@ -57,6 +62,17 @@ sanitize: deps
 	cmake --build $(ASAN_BUILD) -j$(JOBS)
 	$(SAN_ENV) ctest --test-dir $(ASAN_BUILD) $(CTEST_FLAGS)
 
+# clang (with libFuzzer) when scripts/deps.sh --fuzz could install it;
+# otherwise the default compiler and fuzz/driver.c's random inputs.
+fuzz:
+	bash scripts/deps.sh --fuzz
+	cmake -S . -B $(FUZZ_BUILD) -DEM_FUZZ=ON -DEM_BUILD_TESTS=OFF \
+	    -DEM_BUILD_EXAMPLES=OFF -DEM_FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	    $$(command -v clang >/dev/null && echo -DCMAKE_C_COMPILER=clang) \
+	    $(CHECK_FLAGS) $(CMAKE_FLAGS)
+	cmake --build $(FUZZ_BUILD) -j$(JOBS)
+	$(SAN_ENV) ctest --test-dir $(FUZZ_BUILD) $(CTEST_FLAGS)
+
 valgrind:
 	bash scripts/deps.sh --valgrind
 	cmake -S . -B $(VG_BUILD) -DEM_TEST_TIMEOUT_SCALE=$(VG_SCALE) \
@@ -77,5 +93,11 @@ format:
 	clang-format -i include/*.h src/*.[ch] tests/*.[ch] \
 	    $(wildcard examples/*.c)
 
+# docs/reference.md is checked in; the docs_reference test fails when it
+# and em.h disagree. awk only: no build needed.
+reference:
+	awk -f scripts/reference.awk include/em.h > docs/reference.md.tmp
+	mv docs/reference.md.tmp docs/reference.md
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(VG_BUILD) $(BENCH_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(VG_BUILD) $(BENCH_BUILD) $(FUZZ_BUILD)

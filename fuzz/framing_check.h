@@ -18,6 +18,7 @@
 #ifndef EM_FRAMING_CHECK_H
 #define EM_FRAMING_CHECK_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +174,7 @@ static inline void fc_ref_lines(const fc_line_cfg *c, const char *in, size_t n,
             log->err = -EMSGSIZE;
             return;
         }
+        size_t next = ix + dlen; /* before a DLM command changes dlen */
         size_t chomped = fc_chomp(c, delim, dlen, in + pos, len);
         fc_add(log, FC_LINE, in + pos, chomped);
         int kind = 0;
@@ -190,7 +192,7 @@ static inline void fc_ref_lines(const fc_line_cfg *c, const char *in, size_t n,
                 left = v;
             }
         }
-        pos = ix + dlen;
+        pos = next;
     }
 }
 
@@ -258,6 +260,25 @@ static inline int fc_run_lines(const fc_line_cfg *c, const char *in, size_t n,
     return 0;
 }
 
+/* Cut points for a stream of n bytes from a seed: steps of 0..max_step-1
+ * (zero-length chunks included). Fills cuts (room for n) and returns how
+ * many. */
+static inline size_t fc_cuts(uint32_t seed, unsigned max_step, size_t n,
+                             size_t *cuts)
+{
+    size_t k = 0, at = 0;
+    seed |= 1u;
+    for (;;) {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        at += seed % max_step;
+        if (at >= n)
+            return k;
+        cuts[k++] = at;
+    }
+}
+
 /* 0 when both logs agree; else the index of the first difference + 1. */
 static inline size_t fc_compare(const fc_log *a, const fc_log *b)
 {
@@ -265,7 +286,7 @@ static inline size_t fc_compare(const fc_log *a, const fc_log *b)
     for (size_t i = 0; i < n; i++) {
         const fc_event *x = &a->ev[i], *y = &b->ev[i];
         if (x->type != y->type || x->len != y->len ||
-            memcmp(a->bytes + x->off, b->bytes + y->off, x->len) != 0)
+            (x->len && memcmp(a->bytes + x->off, b->bytes + y->off, x->len)))
             return i + 1;
     }
     if (a->count != b->count || a->err != b->err)

@@ -20,6 +20,7 @@
 #ifndef EM_H
 #define EM_H
 
+#include <errno.h> /* the API's results are -E* constants: callers compare */
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -814,9 +815,11 @@ size_t em_file_watch_count(const em_loop *loop);
 int em_next_timeout_ms(const em_loop *loop);
 
 /* Makes the loop's blocked poll return at once (em_run goes on with its
- * next turn; em_run_once returns 0). Any thread, and async-signal-safe
- * (one eventfd write): e.g. an interrupt from a language runtime, or a
- * signal handler that set a flag the loop checks. Returns 0 or -EINVAL. */
+ * next turn; em_run_once returns 0); a wakeup before the poll makes it
+ * return at once. Any thread, and async-signal-safe (one eventfd write,
+ * errno preserved): e.g. an interrupt from a language runtime (see
+ * em_set_wait_hook), or a signal handler that set a flag the loop checks.
+ * The loop must outlive the call. Returns 0 or -EINVAL. */
 int em_wakeup(em_loop *loop);
 
 /* How many connections a listener accepts per readiness event before other
@@ -1018,6 +1021,7 @@ int em_system(em_loop *loop, const char *const argv[], em_system_cb callback,
 int em_watch_process(em_loop *loop, pid_t pid, const em_handler *handler,
                      void *arg, em_conn **out);
 
+/* ------------------------------------------------------------------ */
 /* Datagrams (UDP)                                                      */
 /* ------------------------------------------------------------------ */
 
@@ -1157,17 +1161,19 @@ typedef struct em_line_opts {
  * max_line closes the connection with unbind(-EMSGSIZE). At the peer's
  * EOF an unterminated last line is delivered before unbind (a partial
  * sized binary block goes to receive_binary_data, without the end call).
- * Returns 0, -EINVAL (NULL conn, empty delimiter, max_line or max_binary
- * too small), -ENOTCONN (closing), -EOPNOTSUPP (datagram or em_watch
+ * Returns 0, -EINVAL (NULL conn, empty delimiter, a handler without
+ * receive_line), -ENOTCONN (closing), -EOPNOTSUPP (datagram or em_watch
  * connection), -ENOMEM. */
 int em_use_lines(em_conn *conn, const em_line_opts *opts);
 
 /* Changes the delimiter of conn's line framer, effective for the next line
  * (also from inside receive_line). Returns 0, -EINVAL (no line framer,
- * empty delimiter), -ENOMEM. */
+ * empty delimiter), -ENOMEM, -EBUSY (called outside a callback while a
+ * partial line is buffered). */
 int em_set_delimiter(em_conn *conn, const char *delimiter, size_t len);
 
-/* Switches conn's line framer to binary mode for the next `size` bytes,
+/* Switches conn's line framer to binary mode for the next `size` bytes
+ * (-EBUSY like em_set_delimiter),
  * also in the middle of a chunk (from inside receive_line). size 0 =
  * unbounded: every byte goes to receive_binary_data as it arrives until
  * em_set_line_mode. EM_BINARY_WHOLE delivers a sized block in one call
@@ -1203,7 +1209,8 @@ typedef struct em_frame_opts {
  * receive_frame. A length above max_frame closes the connection with
  * unbind(-EMSGSIZE), a varint longer than 10 bytes with -EBADMSG, and an
  * EOF in the middle of a frame with -EBADMSG (the partial frame is
- * dropped). Returns as em_use_lines (-EINVAL also for an unknown prefix). */
+ * dropped). Returns as em_use_lines (-EINVAL for an unknown prefix or a
+ * handler without receive_frame). */
 int em_use_frames(em_conn *conn, const em_frame_opts *opts);
 
 /* Sends data as one frame with conn's frame prefix (prefix and data leave
@@ -1242,12 +1249,17 @@ int em_lines_feed(em_lines *lines, const char *data, size_t len);
 /* End of input: delivers an unterminated last line (or the partial sized
  * block). Returns 0, or -EMSGSIZE if the parser had failed. */
 int em_lines_finish(em_lines *lines);
+/* em_set_delimiter for a standalone parser. Returns 0, -EINVAL, -ENOMEM,
+ * or -EBUSY (a partial line is buffered: it was cut by the old one). */
 int em_lines_set_delimiter(em_lines *lines, const char *delimiter,
                            size_t len);
+/* em_set_binary_mode for a standalone parser; -EBUSY as above. */
 int em_lines_set_binary_mode(em_lines *lines, uint64_t size, int flags);
+/* em_set_line_mode for a standalone parser. Returns 0 or -EINVAL. */
 int em_lines_set_line_mode(em_lines *lines);
 /* Bytes held for an incomplete message. */
 size_t em_lines_buffered(const em_lines *lines);
+/* Frees the parser (NULL is fine); never from inside its callbacks. */
 void em_lines_free(em_lines *lines);
 
 typedef struct em_frames em_frames;
@@ -1261,8 +1273,189 @@ int em_frames_feed(em_frames *frames, const char *data, size_t len);
 /* End of input. Returns 0, -EBADMSG (inside a frame or prefix) or the
  * earlier failure. */
 int em_frames_finish(em_frames *frames);
+/* Bytes held for an incomplete prefix or frame. */
 size_t em_frames_buffered(const em_frames *frames);
+/* Frees the parser (NULL is fine); never from inside its callback. */
 void em_frames_free(em_frames *frames);
+
+/* ------------------------------------------------------------------ */
+/* Backport adapters                                                    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Backport's adapter model (docs/backport.md): an adapter is three
+ * callbacks, and a server, the stdio server or an interval is prepared with
+ * one call. An adapter becomes an em_handler the loop owns (one per
+ * distinct adapter, freed by em_loop_free), so the em_adapter itself is
+ * copied and need not outlive the call, and a stopped server's connections
+ * live on. Adapter connections are ordinary connections: every em_
+ * function works on them, and the functions below work on every
+ * connection. Loop-thread calls.
+ */
+typedef struct em_adapter {
+    /* Zeroed bytes per connection, at em_conn_state(conn). (With 0,
+     * em_conn_state gives a pointer the adapter must not use.) */
+    size_t state_size;
+    /* The connection was accepted (or stdio opened): Backport's opening.
+     * arg is what the em_prepare_* call got. Runs before any receiving. */
+    void (*opening)(em_conn *conn, void *arg);
+    /* The connection is gone: Backport's closing, the handler's unbind.
+     * Exactly once per connection, last, after a local close, the peer's
+     * EOF, a reset, a timeout or the loop's stop. reason: 0 for a normal
+     * close, else a negative errno (-ECONNRESET, -ETIMEDOUT, ...).
+     * em_is_closed says 1 and em_remote still answers here. */
+    void (*closing)(em_conn *conn, int reason);
+    /* Bytes arrived: an arbitrary chunk, never aligned to messages; valid
+     * only during the call. */
+    void (*receiving)(em_conn *conn, const char *data, size_t len);
+} em_adapter;
+
+/* Listens on host:port as em_start_server does (IPv4/IPv6 literal or name,
+ * NULL host = all IPv4 addresses, port 0 = any free port) and runs adapter
+ * on every accepted connection: opening(conn, arg) first. Each connection
+ * costs one getpeername at accept (em_remote's answer) and a 28-byte
+ * record behind its state. Stores the server in *out (may be NULL; stop it
+ * with em_stop_server: its connections live on). Returns 0, -EINVAL (NULL
+ * loop or adapter, port out of range), -ECANCELED (loop stopping),
+ * -EADDRINUSE, -EACCES, -EADDRNOTAVAIL, -ENOENT (unknown host), -ENOMEM or
+ * another errno of socket/bind/listen; on failure nothing is left open. */
+int em_prepare_tcp_server(em_loop *loop, const char *host, int port,
+                          const em_adapter *adapter, void *arg,
+                          em_server **out);
+
+/* Runs adapter on the process's stdin and stdout as one connection
+ * (em_open_stdio): receiving gets stdin, em_write writes stdout, EOF on
+ * stdin ends it (closing(conn, 0) once queued output is written). Stores
+ * the connection in *out (may be NULL). Returns 0, -EINVAL, -EBADF (fd 0
+ * or 1 closed), -EEXIST (this loop already serves them), -ECANCELED or
+ * -ENOMEM. */
+int em_prepare_stdio_server(em_loop *loop, const em_adapter *adapter,
+                            void *arg, em_conn **out);
+
+/* Calls fn(loop, arg) every `period` seconds (> 0, finite), first after one
+ * period, on a fixed schedule (em_add_periodic_timer). Stores the timer in
+ * *out (may be NULL; 0 on failure): em_cancel_timer stops it. Returns 0,
+ * -EINVAL (NULL loop or fn, bad period) or -ENOMEM. */
+int em_prepare_interval(em_loop *loop, double period, em_callback fn,
+                        void *arg, em_timer_id *out);
+
+/* Backport's write: em_send_data (copied, written at once if possible).
+ * Returns as em_send_data. */
+int em_write(em_conn *conn, const void *data, size_t len);
+
+/* Backport's write_line, like Ruby's puts: data, then "\n" unless data
+ * already ends with one; len 0 writes "\n" alone. Data and newline leave
+ * together (em_send_datav: one write, no copy; one datagram on a datagram
+ * socket). Returns as em_send_datav, or -EINVAL (NULL conn, NULL data with
+ * len > 0). */
+int em_write_line(em_conn *conn, const void *data, size_t len);
+
+/* Backport's close: flushes every queued byte, then closes
+ * (em_close_connection(conn, 1); em_close_connection(conn, 0) drops the
+ * queue instead). closing follows later, never inside this call. Closing
+ * twice is harmless. Returns 0 or -EINVAL. */
+int em_close(em_conn *conn);
+
+/* Backport's closed?: 1 once a close was requested (em_close, any
+ * em_close_connection) or the peer is gone (EOF, reset, error), and inside
+ * closing; else 0. -EINVAL for NULL (nonzero: a missing connection counts
+ * as closed). */
+int em_is_closed(const em_conn *conn);
+
+/* The peer of a connection, from em_remote. */
+typedef struct em_remote_addr {
+    /* AF_INET, AF_INET6, AF_UNIX, or AF_UNSPEC for stdio. An IPv4 client
+     * of a dual-stack IPv6 listener (::ffff:a.b.c.d) is AF_INET. */
+    int family;
+    int port; /* host order; 0 for Unix and stdio */
+    /* NUL-terminated: "127.0.0.1", "::1" (with "%scope" when it has one),
+     * a Unix path ("@name" when abstract, "" for an unnamed peer, which a
+     * Unix server's clients usually are), or "stdio". */
+    char host[112];
+    /* NUL-terminated: "127.0.0.1:5555", "[::1]:5555", "unix:/path",
+     * "unix:" (unnamed) or "stdio". */
+    char text[120];
+} em_remote_addr;
+
+/* Fills *out with conn's peer (the other end, never our own address).
+ * Adapter connections keep the address they had at opening, so it is
+ * answered after a reset and inside closing; other connections ask the
+ * socket (a datagram socket: the last sender). Returns 0, -EINVAL, or, with
+ * *out zeroed: -ENOTCONN (no peer: closed, reset, not yet connected, and
+ * inside unbind for non-adapter connections), -ENOTSOCK (a pipe, tty or
+ * file), -EAFNOSUPPORT (another address family). */
+int em_remote(const em_conn *conn, em_remote_addr *out);
+
+/* ------------------------------------------------------------------ */
+/* Language runtimes: the wait hook, stopping in two steps              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * For bindings to runtimes with a global lock (Ruby's GVL): the lock must
+ * be dropped while the loop sleeps and held while callbacks run, and the
+ * runtime's way to drop it is usually call-style (Ruby:
+ * rb_nogvl(fn, arg, ubf, ubf_arg, flags)), which a before/after pair such
+ * as em_set_poll_hooks cannot wrap. The wait hook is around-style: libem
+ * calls the hook with a thunk that performs the wait, and the hook runs
+ * the thunk inside the runtime's call, with em_wakeup as the runtime's
+ * unblocking function. See docs/ruby.md.
+ */
+
+/* Performs the turn's wait (epoll_wait with the turn's timeout) and stores
+ * what it found for the turn to dispatch. Call it with the thunk_arg given
+ * to the hook. */
+typedef void (*em_wait_thunk)(void *thunk_arg);
+
+/* A wait hook: must call wait(thunk_arg) once, on any thread, and return
+ * after it has returned. It must not call into the loop otherwise (except
+ * the "any thread" functions). A hook that returns without calling wait
+ * (a runtime that skips the blocking call because an interrupt is
+ * pending) makes the turn go on as if the wait found nothing; no event is
+ * lost (the next turn sees it). A second call of wait does nothing. */
+typedef void (*em_wait_hook)(em_loop *loop, void *arg, em_wait_thunk wait,
+                             void *thunk_arg);
+
+/* Sets the loop's wait hook: from the next turn on, every wait that may
+ * block (timeout not 0) goes through fn(loop, arg, wait, thunk_arg); a
+ * non-blocking poll (work already due) does not call the hook. The poll
+ * hooks (em_set_poll_hooks) still run before and after it. fn NULL
+ * removes it. Returns 0 or -EINVAL (NULL loop). Loop thread, outside
+ * the hook.
+ *
+ * The unblocking side is em_wakeup: any thread, async-signal-safe (one
+ * eventfd write; errno is preserved), so the runtime may call it from a
+ * signal handler (Ruby: RB_NOGVL_UBF_ASYNC_SAFE). A wakeup that comes
+ * before the wait starts is not lost: the wait returns at once. */
+int em_set_wait_hook(em_loop *loop, em_wait_hook fn, void *arg);
+
+/*
+ * Stopping in two steps (EventMachine's stop, then release_machine): a
+ * binding that wants to leave the loop first and unbind its connections
+ * later runs its own loop of em_run_once(loop, -1) (or with a timeout) and
+ * leaves it by a flag of its own, set by its "stop" (em_wakeup ends a wait
+ * in progress). It never calls em_stop, which unbinds everything at the
+ * end of the turn that sees it. Between the two steps nothing runs: no
+ * callback, no timer; connections, servers and timers stay as they were,
+ * and the application may still call into the loop (em_send_data,
+ * em_close_connection, em_connect, em_add_timer, ...) from the loop's
+ * thread; what it asks for happens in a later turn, if any.
+ *
+ * The second step is em_loop_free, or more turns (em_run_once goes on
+ * where the loop left off). em_loop_free unbinds, in this order: file
+ * watches; popen children still running (killed); then servers are closed
+ * (no callback); then every connection exactly once, in this order:
+ * connections already closing whose unbind had not run yet (in the order
+ * they closed), then live connections oldest first (accepted and outbound
+ * alike, by creation), then outbound connections whose connect had failed
+ * and was not yet reported. Reasons: 0 for connections that were open,
+ * -ECANCELED for connects still in progress, the failure's reason for
+ * failed connects, the close's reason for connections already closing.
+ * During these unbinds em_is_stopping(loop) is 1, em_send_data gives
+ * -ENOTCONN, em_connect, em_reconnect and the other calls that open a
+ * connection give -ECANCELED, and timers never fire. em_loop_free then
+ * returns -EBUSY (it closed live handles), which here is the expected
+ * result, not an error.
+ */
 
 #ifdef __cplusplus
 }

@@ -127,8 +127,11 @@ static void set_held_flag(em_conn *conn, int on)
         conn->flags |= EM__CONN_FRAMER_HELD;
     else
         conn->flags &= ~EM__CONN_FRAMER_HELD;
-    if (!(conn->flags & EM__CONN_CLOSING))
-        em__conn_update_interest(conn);
+    if (conn->flags & EM__CONN_CLOSING)
+        return;
+    em__conn_update_interest(conn);
+    if (!on && conn->tls)
+        em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
 }
 
 /* Makes f conn's framer. Input the old framer held moves to f (parsed
@@ -156,6 +159,8 @@ int em_use_lines(em_conn *conn, const em_line_opts *opts)
     int err = check_conn(conn);
     if (err < 0)
         return err;
+    if (!conn->handler->receive_line)
+        return -EINVAL; /* every line would be dropped: surely a mistake */
     em__framer *f = calloc(1, sizeof(*f));
     if (!f)
         return -ENOMEM;
@@ -175,6 +180,8 @@ int em_use_frames(em_conn *conn, const em_frame_opts *opts)
     int err = check_conn(conn);
     if (err < 0)
         return err;
+    if (!conn->handler->receive_frame)
+        return -EINVAL;
     em__framer *f = calloc(1, sizeof(*f));
     if (!f)
         return -ENOMEM;

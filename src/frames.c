@@ -5,9 +5,10 @@
  *
  * As in lines.c, a frame whose prefix and body lie whole in the chunk goes
  * to the callback straight from the chunk; a prefix split across chunks is
- * gathered in a 10-byte array and a split body in a buffer sized to the
- * frame (never above max_frame, checked before a byte of the body is
- * stored). A varint is checked byte by byte: a value above max_frame fails
+ * gathered in a 10-byte array and a split body in a buffer that grows
+ * with the bytes that arrived (doubling, capped at the frame's length, which
+ * max_frame bounds before a byte of the body is stored), so announcing a
+ * large frame costs nothing until its bytes come. A varint is checked byte by byte: a value above max_frame fails
  * as soon as it is known, so a prefix that never ends costs at most ten
  * bytes before -EBADMSG.
  */
@@ -227,16 +228,23 @@ static size_t body(em_frames *p, const char *data, size_t len)
         emit(p, data, n);
         return n;
     }
-    if (p->cap < p->need) {
-        char *b = realloc(p->buf, p->need);
+    size_t take = p->need - p->len < len ? p->need - p->len : len;
+    if (p->cap < p->len + take) {
+        /* Grow with what arrived, not with what the prefix announced: a
+         * 4-byte prefix must not make us allocate max_frame up front. */
+        size_t cap = p->cap ? p->cap * 2 : 1024;
+        if (cap < p->len + take)
+            cap = p->len + take;
+        if (cap > p->need)
+            cap = p->need;
+        char *b = realloc(p->buf, cap);
         if (!b) {
             p->failed = -ENOMEM;
             return len;
         }
         p->buf = b;
-        p->cap = p->need;
+        p->cap = cap;
     }
-    size_t take = p->need - p->len < len ? p->need - p->len : len;
     memcpy(p->buf + p->len, data, take);
     p->len += take;
     if (p->len == p->need) {

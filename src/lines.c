@@ -268,9 +268,10 @@ static size_t lines_buffered(em_lines *p, const char *data, size_t len)
     if (!hit)
         return len;
     size_t line_len = p->len;
+    size_t used = part + p->dlen; /* before the callback changes dlen */
     p->len = 0;
     emit_line(p, p->buf, line_len);
-    return part + p->dlen;
+    return used;
 }
 
 /* Line mode, nothing buffered: lines come straight from data. */
@@ -291,8 +292,9 @@ static size_t lines_direct(em_lines *p, const char *data, size_t len)
         p->failed = -EMSGSIZE;
         return len;
     }
+    size_t used = line_len + p->dlen; /* before the callback changes dlen */
     emit_line(p, data, line_len);
-    return line_len + p->dlen;
+    return used;
 }
 
 static size_t binary(em_lines *p, const char *data, size_t len)

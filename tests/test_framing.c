@@ -272,6 +272,24 @@ Test(lines, blocks_chain_from_the_end_call, .timeout = TH_TIMEOUT(5))
     em_lines_free(p);
 }
 
+Test(lines, delimiter_changed_in_callback_consumes_the_old_one,
+     .timeout = TH_TIMEOUT(5))
+{
+    /* Found by fuzz_lines: the bytes a line used were counted with the
+     * delimiter the callback had just installed. */
+    const char in[] = "DLM \r\r\r\n\rx\r\ry\r\r";
+    fc_line_cfg c = {"\n", 1, 32, 64, 0};
+    check_lines(&c, in, sizeof(in) - 1, NULL, 0, "one chunk");
+    fc_log got = {0};
+    cr_assert_eq(fc_run_lines(&c, in, sizeof(in) - 1, NULL, 0, &got), 0);
+    cr_assert_eq(got.count, 3);
+    cr_assert_eq(got.ev[1].len, 2, "\\rx: the old delimiter alone was used");
+    fc_log_free(&got);
+    const char in2[] = "ab\nDLM XY\nonetwoXYthree";
+    size_t cut[1] = {3};
+    check_lines(&c, in2, sizeof(in2) - 1, cut, 1, "buffered line");
+}
+
 /* ---- lines: chunking ------------------------------------------------------ */
 
 Test(lines, delimiter_split_at_every_offset, .timeout = TH_TIMEOUT(20))
@@ -329,6 +347,15 @@ static size_t random_protocol(char *out, size_t cap, const fc_line_cfg *c)
             n += c->dlen;
             for (int i = 0; i < len && n < cap; i++)
                 out[n++] = alpha[rnd() % 8];
+        } else if (what == 2 && rnd() % 4 == 0) {
+            /* a new delimiter, then back to the configured one */
+            n += (size_t)snprintf(out + n, cap - n, "DLM |");
+            memcpy(out + n, c->delim, c->dlen);
+            n += c->dlen;
+            n += (size_t)snprintf(out + n, cap - n, "x|DLM ");
+            memcpy(out + n, c->delim, c->dlen);
+            n += c->dlen;
+            out[n++] = '|';
         } else {
             int len = (int)(rnd() % 12);
             for (int i = 0; i < len; i++)
