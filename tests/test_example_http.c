@@ -13,22 +13,20 @@
  * reading being stopped (bounded memory) and then answered in full. For
  * interval: ticks a second apart, and a clean exit on SIGINT and SIGTERM.
  *
- * The server runs as a child (fork + exec, PR_SET_PDEATHSIG, so a failed or
- * timed-out test never leaves it behind); clients are blocking sockets with
+ * The server runs as a child (tests/example_child.h: fork + exec with
+ * PR_SET_PDEATHSIG, so a failed or timed-out test never leaves it behind);
+ * clients are blocking sockets with
  * 5 s timeouts (th_client_connect), so a missing answer or close fails the
  * test instead of hanging it.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -36,145 +34,32 @@
 
 #include <criterion/criterion.h>
 
+#include "example_child.h"
 #include "helpers.h"
 
-/* ---- child processes ------------------------------------------------- */
+/* ---- child processes (tests/example_child.h) -------------------------- */
 
-typedef struct program {
-    pid_t pid;
-    int out; /* its stdout (read end of a pipe) */
-    int port;
-} program;
-
-static pid_t running; /* for fini: killed if a test failed early */
-
-static void kill_running(void)
+/* Starts http_hello on `port` (0: any) and learns the port it printed. */
+static void start_http(ex_child *p, int port)
 {
-    if (running > 0) {
-        kill(running, SIGKILL);
-        waitpid(running, NULL, 0);
-        running = 0;
-    }
-}
-
-/* The examples directory next to this binary's (build/tests/..). */
-static void example_path(char *path, size_t size, const char *name)
-{
-    char self[400];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    cr_assert_gt(n, 0);
-    self[n] = '\0';
-    *strrchr(self, '/') = '\0';
-    snprintf(path, size, "%s/../examples/%s", self, name);
-}
-
-/* Starts examples/NAME with one argument (or none). */
-static void spawn(program *p, const char *name, const char *arg)
-{
-    char path[600];
-    example_path(path, sizeof(path), name);
-    if (access(path, X_OK) != 0)
-        cr_skip_test("%s is not built", path);
-    int fds[2];
-    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-    if (pid == 0) {
-        /* Dies with the test; starts with no signal blocked, as from a
-         * shell (the test runner may block some). */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        dup2(fds[1], 1);
-        execl(path, path, arg, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    p->pid = pid;
-    p->out = fds[0];
-    p->port = 0;
-    running = pid;
-}
-
-/* Reads one line of the program's stdout within max_seconds (scaled).
- * Returns its length without "\n", or -1 at EOF. */
-static int read_line(program *p, char *line, size_t size, double max_seconds)
-{
-    double deadline = th_now() + TH_TIMEOUT(max_seconds);
-    size_t n = 0;
-    for (;;) {
-        int left = (int)((deadline - th_now()) * 1000);
-        cr_assert_gt(left, 0, "no whole line from the program in %.0f s",
-                     TH_TIMEOUT(max_seconds));
-        struct pollfd pfd = {.fd = p->out, .events = POLLIN};
-        int r = poll(&pfd, 1, left);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0)
-            continue; /* the assertion above ends it */
-        char c;
-        ssize_t k = read(p->out, &c, 1);
-        if (k == 0)
-            return -1;
-        cr_assert_eq(k, 1, "read: %s", strerror(errno));
-        if (c == '\n') {
-            line[n] = '\0';
-            return (int)n;
-        }
-        cr_assert_lt(n + 1, size, "line too long");
-        line[n++] = c;
-    }
+    char arg[16];
+    snprintf(arg, sizeof(arg), "%d", port);
+    ex_start(p, "http_hello", (const char *const[]){arg, NULL}, 0);
+    ex_read_port(p);
 }
 
 /* Sends signo and expects a clean exit (status 0). */
-static void stop(program *p, int signo)
+static void stop(ex_child *p, int signo)
 {
     cr_assert_eq(kill(p->pid, signo), 0);
-    int status;
-    cr_assert_eq(waitpid(p->pid, &status, 0), p->pid);
-    p->pid = 0;
-    running = 0;
-    close(p->out);
+    int status = ex_wait(p, 10.0);
+    ex_close(p);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %#x",
               status);
 }
 
-/* Starts http_hello on `port` (0: any) and learns the port it printed. */
-static void start_http(program *p, int port)
-{
-    char arg[16];
-    snprintf(arg, sizeof(arg), "%d", port);
-    spawn(p, "http_hello", arg);
-    char line[256];
-    cr_assert_geq(read_line(p, line, sizeof(line), 10), 0,
-                  "http_hello said nothing");
-    char *colon = strstr(line, "127.0.0.1:");
-    cr_assert_not_null(colon, "http_hello said: %s", line);
-    p->port = atoi(colon + strlen("127.0.0.1:"));
-    cr_assert_gt(p->port, 0);
-}
-
-/* Descriptors the program has open (from /proc). */
-static int program_fds(const program *p)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)p->pid);
-    DIR *dir = opendir(path);
-    cr_assert_not_null(dir, "opendir %s: %s", path, strerror(errno));
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(dir);
-    return n;
-}
-
 /* The program's resident memory in KiB. */
-static long program_rss_kib(const program *p)
+static long program_rss_kib(const ex_child *p)
 {
     char path[64], line[256];
     snprintf(path, sizeof(path), "/proc/%d/status", (int)p->pid);
@@ -334,11 +219,9 @@ static void close_client(client *c)
 
 /* ---- http_hello ------------------------------------------------------ */
 
-TestSuite(example_http, .fini = kill_running);
-
 Test(example_http, one_request_then_keep_alive, .timeout = TH_TIMEOUT(20))
 {
-    program p;
+    ex_child p;
     int port = th_free_port();
     start_http(&p, port);
     cr_assert_eq(p.port, port, "listens on %d, asked for %d", p.port, port);
@@ -415,7 +298,7 @@ static void send_chunked(client *c, const char *data, size_t len, size_t max,
 
 Test(example_http, pipelined_in_one_write, .timeout = TH_TIMEOUT(20))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     char all[2048];
@@ -429,7 +312,7 @@ Test(example_http, pipelined_in_one_write, .timeout = TH_TIMEOUT(20))
 
 Test(example_http, pipelined_byte_by_byte, .timeout = TH_TIMEOUT(30))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     char all[2048];
@@ -443,7 +326,7 @@ Test(example_http, pipelined_byte_by_byte, .timeout = TH_TIMEOUT(30))
 
 Test(example_http, pipelined_random_chunks, .timeout = TH_TIMEOUT(30))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     char all[2048];
@@ -460,7 +343,7 @@ Test(example_http, pipelined_random_chunks, .timeout = TH_TIMEOUT(30))
 
 Test(example_http, split_at_every_offset, .timeout = TH_TIMEOUT(30))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     static const char pair[] =
@@ -482,7 +365,7 @@ Test(example_http, split_at_every_offset, .timeout = TH_TIMEOUT(30))
 Test(example_http, http10_without_and_with_keep_alive,
      .timeout = TH_TIMEOUT(20))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     /* HTTP/1.0 closes after the response by default. */
@@ -511,7 +394,7 @@ Test(example_http, http10_without_and_with_keep_alive,
 
 Test(example_http, connection_close, .timeout = TH_TIMEOUT(20))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     connect_client(&c, p.port);
@@ -530,7 +413,7 @@ Test(example_http, connection_close, .timeout = TH_TIMEOUT(20))
 
 Test(example_http, bodies_are_skipped, .timeout = TH_TIMEOUT(20))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     connect_client(&c, p.port);
@@ -594,7 +477,7 @@ Test(example_http, malformed_heads_get_an_error_and_a_close,
         {"GET / HTTP/2.0\r\n\r\n", 505},
         {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501},
     };
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -625,7 +508,7 @@ static size_t head_of_size(char *out, size_t size)
 Test(example_http, overlong_heads_get_431_and_a_close,
      .timeout = TH_TIMEOUT(20))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     static char req[32768];
@@ -659,7 +542,7 @@ Test(example_http, overlong_heads_get_431_and_a_close,
 
 Test(example_http, clients_that_vanish, .timeout = TH_TIMEOUT(30))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     /* A first connection, so that every lazily made descriptor exists. */
@@ -668,7 +551,7 @@ Test(example_http, clients_that_vanish, .timeout = TH_TIMEOUT(30))
     expect_hello(&c, 0, "");
     close_client(&c);
     th_sleep_ms(100);
-    int fds_before = program_fds(&p);
+    int fds_before = ex_count_child_fds(&p);
     int my_fds = th_count_fds();
 
     static const char *const partial[] = {
@@ -698,7 +581,8 @@ Test(example_http, clients_that_vanish, .timeout = TH_TIMEOUT(30))
     close_client(&c);
     double deadline = th_now() + TH_TIMEOUT(5);
     int fds_after;
-    while ((fds_after = program_fds(&p)) != fds_before && th_now() < deadline)
+    while ((fds_after = ex_count_child_fds(&p)) != fds_before &&
+           th_now() < deadline)
         th_sleep_ms(20);
     cr_assert_eq(fds_after, fds_before, "server fds: %d before, %d after",
                  fds_before, fds_after);
@@ -709,7 +593,7 @@ Test(example_http, clients_that_vanish, .timeout = TH_TIMEOUT(30))
 Test(example_http, reader_that_never_reads_is_bounded,
      .timeout = TH_TIMEOUT(60))
 {
-    program p;
+    ex_child p;
     start_http(&p, 0);
     static client c;
     /* Small client buffers: the server's queue fills sooner. */
@@ -783,12 +667,14 @@ Test(example_http, reader_that_never_reads_is_bounded,
  * upper bound, a generous one. */
 static void ticks_then_stop(int signo)
 {
-    program p;
+    ex_child p;
     double start = th_now();
-    spawn(&p, "interval", NULL);
+    ex_start(&p, "interval", NULL, 0);
+    ex_reader r;
+    ex_reader_init(&r, p.out);
     char line[64];
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(read_line(&p, line, sizeof(line), 10), 4,
+        cr_assert_eq(ex_next_line(&r, line, sizeof(line), 10), 4,
                      "tick %d missing", i + 1);
         cr_assert_str_eq(line, "tick");
     }
@@ -798,14 +684,12 @@ static void ticks_then_stop(int signo)
     stop(&p, signo);
 }
 
-Test(example_interval, ticks_and_stops_on_sigint, .timeout = TH_TIMEOUT(30),
-     .fini = kill_running)
+Test(example_interval, ticks_and_stops_on_sigint, .timeout = TH_TIMEOUT(30))
 {
     ticks_then_stop(SIGINT);
 }
 
-Test(example_interval, ticks_and_stops_on_sigterm, .timeout = TH_TIMEOUT(30),
-     .fini = kill_running)
+Test(example_interval, ticks_and_stops_on_sigterm, .timeout = TH_TIMEOUT(30))
 {
     ticks_then_stop(SIGTERM);
 }
