@@ -327,11 +327,20 @@ static int send_refused(em_conn *conn, const void *data, size_t len)
     return em__conn_send_refusal(conn);
 }
 
+#define EM__WRITE_WAITS                                                        \
+    (EM__CONN_CONNECTING | EM__CONN_PAUSED | EM__CONN_HANDSHAKING)
+
 static int can_write_now(const em_conn *conn)
 {
-    return !(conn->flags &
-             (EM__CONN_CONNECTING | EM__CONN_PAUSED | EM__CONN_HANDSHAKING)) &&
+    return !(conn->flags & (EM__WRITE_WAITS | EM__CONN_CORKED)) &&
            !conn->out.head;
+}
+
+void em__conn_uncork(em_conn *conn)
+{
+    conn->flags &= ~EM__CONN_CORKED;
+    if (conn->out.head && !(conn->flags & (EM__WRITE_WAITS | EM__CONN_CLOSING)))
+        em__conn_flush(conn);
 }
 
 /* Writes what the transport takes now. Returns the bytes written (0 when

@@ -18,6 +18,12 @@
  * alternative, parsing the whole chunk whatever the callbacks do, would
  * make em_pause inside receive_line meaningless for a pipelining peer.
  *
+ * Answers to pipelined messages leave together: from the second message
+ * of a chunk on, the connection is corked (em_send_data queues) and the
+ * queue is written once the chunk is parsed. The first message's answer
+ * still goes out at once without a copy, so a peer that sends one request
+ * per read pays nothing; ten pipelined requests cost two writes, not ten.
+ *
  * A framer replaced inside its own callback is still on the stack, so it is
  * only marked dead and freed when its parse returns.
  */
@@ -76,9 +82,12 @@ static void on_frame(void *arg, const char *data, size_t len)
 #define EM__INPUT_STOPPED                                                      \
     (EM__CONN_PAUSED | EM__CONN_READ_PAUSED | EM__CONN_THROTTLED)
 
+/* Asked after every message. Also where corking starts: a later message
+ * of the same chunk queues its answer behind the first one's. */
 static int should_stop(void *arg)
 {
     em__framer *f = arg;
+    f->conn->flags |= EM__CONN_CORKED;
     return f->dead ||
            (f->conn->flags & (EM__INPUT_DROPPED | EM__INPUT_STOPPED)) != 0;
 }
@@ -298,11 +307,14 @@ static void after_parse(em__framer *f, const char *rest, size_t n,
 void em__framer_feed(em_conn *conn, const char *data, size_t len)
 {
     em__framer *f = conn->framer;
+    uint32_t corked = conn->flags & EM__CONN_CORKED; /* an outer feed's */
     f->feeding++;
     size_t used = parse(f, data, len);
     after_parse(f, data + used, len - used, 0);
     if (--f->feeding == 0 && f->dead)
         framer_destroy(f);
+    if (!corked)
+        em__conn_uncork(conn);
 }
 
 void em__framer_wake(em_conn *conn)
@@ -324,11 +336,13 @@ void em__framer_run_pending(em_loop *loop)
         em__list_remove(&f->pending_link);
         if (should_stop(f) || !f->held_len)
             continue; /* paused again or closing: a resume wakes it */
+        em_conn *conn = f->conn;
         f->feeding++;
         size_t used = parse(f, f->held, f->held_len);
         after_parse(f, f->held + used, f->held_len - used, 1);
         if (--f->feeding == 0 && f->dead)
             framer_destroy(f);
+        em__conn_uncork(conn);
     }
 }
 

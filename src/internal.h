@@ -259,6 +259,7 @@ enum em__conn_flag {
     EM__CONN_READ_PAUSED = 1u << 12, /* em_pause_reading */
     EM__CONN_THROTTLED = 1u << 13,   /* a watermark stopped our reading */
     EM__CONN_FRAMER_HELD = 1u << 14, /* framer keeps unparsed input */
+    EM__CONN_CORKED = 1u << 15,      /* sends queue until the chunk is parsed */
     /* descriptors (attach.c): bits 16-19 */
     EM__CONN_WATCH_ONLY = 1u << 16, /* em_watch: only notify_* callbacks */
     EM__CONN_NOTIFY_READABLE = 1u << 17,
@@ -348,6 +349,8 @@ void em__conn_established(em_conn *conn);
 void em__conn_queued(em_conn *conn);
 /* Writes the queue; closes on error. */
 void em__conn_flush(em_conn *conn);
+/* Ends EM__CONN_CORKED: what the callbacks queued leaves in one write. */
+void em__conn_uncork(em_conn *conn);
 /* Runs unbind for every connection marked closing. */
 void em__conn_reap(em_loop *loop);
 void em__conn_on_event(em_loop *loop, em__watcher *w, unsigned revents);

@@ -18,7 +18,9 @@
  * em_reconnect keeps the framer but forgets a partial line; bad arguments
  * with exact errnos; em_send_datav queues what a small send buffer does
  * not take, in order; the same pause/hold path under TLS, where input may
- * also wait inside OpenSSL; no descriptor leaks.
+ * also wait inside OpenSSL; answers to pipelined lines are gathered into
+ * one write after the chunk (the first goes out at once); no descriptor
+ * leaks.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -756,4 +758,49 @@ Test(framing_conn, pause_holds_input_under_tls, .timeout = TH_TIMEOUT(30))
     cr_assert_eq(finish(s, server, -1), 0);
     free(msg);
     free(want);
+}
+
+/* ---- corking --------------------------------------------------------------- */
+
+static size_t queued_after[8];
+static int cork_lines;
+
+static void cork_line(em_conn *conn, const char *line, size_t len)
+{
+    struct iovec iov[2] = {{(void *)line, len}, {"\n", 1}};
+    cr_assert_eq(em_send_datav(conn, iov, 2), 0);
+    if (cork_lines < 8)
+        queued_after[cork_lines] = em_get_outbound_data_size(conn);
+    cork_lines++;
+}
+
+static void cork_post_init(em_conn *conn, void *arg)
+{
+    (void)arg;
+    cr_assert_eq(em_use_lines(conn, NULL), 0);
+}
+
+Test(framing_conn, pipelined_answers_leave_in_one_write_after_the_first,
+     .timeout = TH_TIMEOUT(10))
+{
+    em_loop *loop = th_loop();
+    em_handler h = {.post_init = cork_post_init, .receive_line = cork_line};
+    em_server *server = th_start_server(loop, &h, NULL);
+    int fd = th_client_connect(th_listen_port(server));
+    cork_lines = 0;
+    th_send_all(fd, "a\nbb\nccc\n", 9);
+    char buf[16];
+    cr_assert_eq(th_pump_recv(loop, fd, buf, 9, 5), 9);
+    cr_assert_eq(memcmp(buf, "a\nbb\nccc\n", 9), 0, "in order");
+    cr_assert_eq(cork_lines, 3);
+    cr_assert_eq(queued_after[0], 0, "the first answer is written at once");
+    cr_assert_eq(queued_after[1], 3, "the second waits for the chunk's end");
+    cr_assert_eq(queued_after[2], 7);
+    /* one line per read: nothing waits */
+    th_send_all(fd, "d\n", 2);
+    cr_assert_eq(th_pump_recv(loop, fd, buf, 2, 5), 2);
+    cr_assert_eq(queued_after[3], 0);
+    close(fd);
+    th_run_for(loop, 0.05);
+    th_stop_and_free(loop, server);
 }
