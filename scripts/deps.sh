@@ -3,7 +3,10 @@
 #
 #   scripts/deps.sh              build + test: cmake gcc make pkg-config
 #                                libcriterion-dev libssl-dev openssl
-#                                nginx-light (TLS interop tests)
+#                                nginx-light (TLS interop tests), ruby
+#                                ruby-dev ruby-eventmachine ruby-test-unit
+#                                (the Ruby engine, its tests and the
+#                                reference engine they also run on)
 #   scripts/deps.sh --bench      also what bench/ compares against and uses
 #   scripts/deps.sh --valgrind   also valgrind
 #   scripts/deps.sh --fuzz       also clang (libFuzzer for make fuzz)
@@ -14,7 +17,7 @@
 set -euo pipefail
 
 packages=(cmake gcc make pkg-config libcriterion-dev libssl-dev openssl
-          nginx-light)
+          nginx-light ruby ruby-dev ruby-eventmachine ruby-test-unit)
 
 for arg in "$@"; do
     case "$arg" in
@@ -29,7 +32,7 @@ for arg in "$@"; do
         packages+=(clang)
         ;;
     -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
