@@ -96,10 +96,11 @@ module Backport
         return {} unless packed
 
         ai = Addrinfo.new(packed)
-        ai = ai.ipv6_to_ipv4 || ai if ai.ipv6?
         if ai.ip?
-          address = ai.ip_address
-          { family: ai.ipv4? ? 'AF_INET' : 'AF_INET6', port: ai.ip_port,
+          # An IPv4 client of a dual-stack listener is reported as IPv4.
+          v4 = ai.ipv6? ? ai.ipv6_to_ipv4 : nil
+          address = (v4 || ai).ip_address
+          { family: v4 || ai.ipv4? ? 'AF_INET' : 'AF_INET6', port: ai.ip_port,
             hostname: address, address: address }
         elsif ai.unix?
           { family: 'AF_UNIX', address: ai.unix_path }
@@ -127,11 +128,11 @@ module Backport
       # A connection the reactor accepted (reactor thread).
       def accepted client
         add_client(client)
-        if started?
+        if @socket.closed?
+          client.close # accepted in the turn the server stopped
+        else
           client.start
           Backport.logger.info { "Client connected: #{client.adapter.remote}" }
-        else
-          client.close # accepted in the turn the server stopped
         end
       end
 
