@@ -295,6 +295,7 @@ module Backport
         @thread = nil
         @closing = false
         @finished = false
+        @reader_open = false
         @saved = {}
       end
 
@@ -313,6 +314,7 @@ module Backport
           save_flags(@in)
           begin
             @reader = EM.attach(@in.dup, Reader, self)
+            @reader_open = true
             return
           rescue StandardError => e
             Backport.logger.info "Reading #{@in.inspect} with a thread (#{e.class}: #{e.message})"
@@ -356,10 +358,13 @@ module Backport
         @client.receive(data) unless @closing
       end
 
-      # EOF (or the reactor's release): like a socket after the peer's EOF,
-      # what is queued is still written, then the client ends.
+      # The reader is gone: EOF, our close, or the reactor's release. On EOF,
+      # like a socket after the peer's EOF, what is queued is still written,
+      # then the client ends.
       def on_input_closed
         @reader = nil
+        @reader_open = false
+        restore_flags(@in)
         return if @closing
 
         @closing = true
@@ -442,7 +447,11 @@ module Backport
           @writer = nil
           writer.detach if EM.reactor_running?
         end
-        restore_flags
+        restore_flags(@out)
+        # The input's flags wait for the reader's unbind: EventMachine may
+        # still read from it in this turn, and reads until EAGAIN (a
+        # blocking descriptor would hang the reactor).
+        restore_flags(@in) unless @reader_open
         @client.unbound
       end
 
@@ -454,17 +463,13 @@ module Backport
         @saved[io] = nil
       end
 
-      def restore_flags
-        @saved.each do |io, flags|
-          next unless flags
+      def restore_flags io
+        return unless @saved.key?(io)
 
-          begin
-            io.fcntl(Fcntl::F_SETFL, flags) unless io.closed?
-          rescue IOError, SystemCallError
-            nil
-          end
-        end
-        @saved.clear
+        flags = @saved.delete(io)
+        io.fcntl(Fcntl::F_SETFL, flags) if flags && !io.closed?
+      rescue IOError, SystemCallError
+        nil
       end
 
       # Input side of a Pipe.
