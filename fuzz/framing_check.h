@@ -260,6 +260,25 @@ static inline int fc_run_lines(const fc_line_cfg *c, const char *in, size_t n,
     return 0;
 }
 
+/* Cut points for a stream of n bytes from a seed: steps of 0..max_step-1
+ * (zero-length chunks included). Fills cuts (room for n) and returns how
+ * many. */
+static inline size_t fc_cuts(uint32_t seed, unsigned max_step, size_t n,
+                             size_t *cuts)
+{
+    size_t k = 0, at = 0;
+    seed |= 1u;
+    for (;;) {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        at += seed % max_step;
+        if (at >= n)
+            return k;
+        cuts[k++] = at;
+    }
+}
+
 /* 0 when both logs agree; else the index of the first difference + 1. */
 static inline size_t fc_compare(const fc_log *a, const fc_log *b)
 {

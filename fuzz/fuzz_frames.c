@@ -19,21 +19,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                                EM_PREFIX_U32, EM_PREFIX_VARINT};
     em_frame_prefix prefix = prefixes[data[0] % 4];
     size_t max = (data[0] >> 2) % 2 ? 300 : SIZE_MAX;
-    uint32_t seed = data[1] | 1u;
+    uint32_t seed = data[1];
     const unsigned char *in = data + 2;
     size_t n = size - 2;
 
     size_t *cuts = malloc((n + 1) * sizeof(*cuts));
-    size_t k = 0, at = 0;
-    for (;;) {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        at += seed % 9;
-        if (at >= n)
-            break;
-        cuts[k++] = at;
-    }
+    size_t k = fc_cuts(seed, 9, n, cuts);
     fc_log ref = {0}, whole = {0}, chunked = {0};
     fc_ref_frames(prefix, max, in, n, &ref);
     if (fc_run_frames(prefix, max, in, n, NULL, 0, &whole) != 0 ||

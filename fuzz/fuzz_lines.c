@@ -35,21 +35,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .max_binary = 1 + data[2] % 64,
         .keep_cr = data[0] >> 7,
     };
-    uint32_t seed = data[3] | 1u;
+    uint32_t seed = data[3];
     const char *in = (const char *)data + 4;
     size_t n = size - 4;
 
     size_t *cuts = malloc((n + 1) * sizeof(*cuts));
-    size_t k = 0, at = 0;
-    for (;;) {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        at += seed % 7;
-        if (at >= n)
-            break;
-        cuts[k++] = at;
-    }
+    size_t k = fc_cuts(seed, 7, n, cuts);
 
     fc_log ref = {0}, whole = {0}, chunked = {0};
     fc_ref_lines(&c, in, n, &ref);

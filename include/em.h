@@ -815,9 +815,11 @@ size_t em_file_watch_count(const em_loop *loop);
 int em_next_timeout_ms(const em_loop *loop);
 
 /* Makes the loop's blocked poll return at once (em_run goes on with its
- * next turn; em_run_once returns 0). Any thread, and async-signal-safe
- * (one eventfd write): e.g. an interrupt from a language runtime, or a
- * signal handler that set a flag the loop checks. Returns 0 or -EINVAL. */
+ * next turn; em_run_once returns 0); a wakeup before the poll makes it
+ * return at once. Any thread, and async-signal-safe (one eventfd write,
+ * errno preserved): e.g. an interrupt from a language runtime (see
+ * em_set_wait_hook), or a signal handler that set a flag the loop checks.
+ * The loop must outlive the call. Returns 0 or -EINVAL. */
 int em_wakeup(em_loop *loop);
 
 /* How many connections a listener accepts per readiness event before other
@@ -1019,6 +1021,7 @@ int em_system(em_loop *loop, const char *const argv[], em_system_cb callback,
 int em_watch_process(em_loop *loop, pid_t pid, const em_handler *handler,
                      void *arg, em_conn **out);
 
+/* ------------------------------------------------------------------ */
 /* Datagrams (UDP)                                                      */
 /* ------------------------------------------------------------------ */
 
@@ -1382,6 +1385,77 @@ typedef struct em_remote_addr {
  * inside unbind for non-adapter connections), -ENOTSOCK (a pipe, tty or
  * file), -EAFNOSUPPORT (another address family). */
 int em_remote(const em_conn *conn, em_remote_addr *out);
+
+/* ------------------------------------------------------------------ */
+/* Language runtimes: the wait hook, stopping in two steps              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * For bindings to runtimes with a global lock (Ruby's GVL): the lock must
+ * be dropped while the loop sleeps and held while callbacks run, and the
+ * runtime's way to drop it is usually call-style (Ruby:
+ * rb_nogvl(fn, arg, ubf, ubf_arg, flags)), which a before/after pair such
+ * as em_set_poll_hooks cannot wrap. The wait hook is around-style: libem
+ * calls the hook with a thunk that performs the wait, and the hook runs
+ * the thunk inside the runtime's call, with em_wakeup as the runtime's
+ * unblocking function. See docs/ruby.md.
+ */
+
+/* Performs the turn's wait (epoll_wait with the turn's timeout) and stores
+ * what it found for the turn to dispatch. Call it with the thunk_arg given
+ * to the hook. */
+typedef void (*em_wait_thunk)(void *thunk_arg);
+
+/* A wait hook: must call wait(thunk_arg) once, on any thread, and return
+ * after it has returned. It must not call into the loop otherwise (except
+ * the "any thread" functions). A hook that returns without calling wait
+ * (a runtime that skips the blocking call because an interrupt is
+ * pending) makes the turn go on as if the wait found nothing; no event is
+ * lost (the next turn sees it). A second call of wait does nothing. */
+typedef void (*em_wait_hook)(em_loop *loop, void *arg, em_wait_thunk wait,
+                             void *thunk_arg);
+
+/* Sets the loop's wait hook: from the next turn on, every wait that may
+ * block (timeout not 0) goes through fn(loop, arg, wait, thunk_arg); a
+ * non-blocking poll (work already due) does not call the hook. The poll
+ * hooks (em_set_poll_hooks) still run before and after it. fn NULL
+ * removes it. Returns 0 or -EINVAL (NULL loop). Loop thread, outside
+ * the hook.
+ *
+ * The unblocking side is em_wakeup: any thread, async-signal-safe (one
+ * eventfd write; errno is preserved), so the runtime may call it from a
+ * signal handler (Ruby: RB_NOGVL_UBF_ASYNC_SAFE). A wakeup that comes
+ * before the wait starts is not lost: the wait returns at once. */
+int em_set_wait_hook(em_loop *loop, em_wait_hook fn, void *arg);
+
+/*
+ * Stopping in two steps (EventMachine's stop, then release_machine): a
+ * binding that wants to leave the loop first and unbind its connections
+ * later runs its own loop of em_run_once(loop, -1) (or with a timeout) and
+ * leaves it by a flag of its own, set by its "stop" (em_wakeup ends a wait
+ * in progress). It never calls em_stop, which unbinds everything at the
+ * end of the turn that sees it. Between the two steps nothing runs: no
+ * callback, no timer; connections, servers and timers stay as they were,
+ * and the application may still call into the loop (em_send_data,
+ * em_close_connection, em_connect, em_add_timer, ...) from the loop's
+ * thread; what it asks for happens in a later turn, if any.
+ *
+ * The second step is em_loop_free, or more turns (em_run_once goes on
+ * where the loop left off). em_loop_free unbinds, in this order: file
+ * watches; popen children still running (killed); then servers are closed
+ * (no callback); then every connection exactly once, in this order:
+ * connections already closing whose unbind had not run yet (in the order
+ * they closed), then live connections oldest first (accepted and outbound
+ * alike, by creation), then outbound connections whose connect had failed
+ * and was not yet reported. Reasons: 0 for connections that were open,
+ * -ECANCELED for connects still in progress, the failure's reason for
+ * failed connects, the close's reason for connections already closing.
+ * During these unbinds em_is_stopping(loop) is 1, em_send_data gives
+ * -ENOTCONN, em_connect, em_reconnect and the other calls that open a
+ * connection give -ECANCELED, and timers never fire. em_loop_free then
+ * returns -EBUSY (it closed live handles), which here is the expected
+ * result, not an error.
+ */
 
 #ifdef __cplusplus
 }

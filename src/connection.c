@@ -334,6 +334,30 @@ static int can_write_now(const em_conn *conn)
            !conn->out.head;
 }
 
+/* Writes what the transport takes now. Returns the bytes written (0 when
+ * it took none) or, after closing conn, the negative errno. */
+static ssize_t write_now(em_conn *conn, const struct iovec *iov, int count)
+{
+    ssize_t n = conn->transport->writev(conn, iov, count);
+    if (n == -EAGAIN)
+        return 0;
+    if (n < 0) {
+        em__conn_close_now(conn, (int)n);
+        return n;
+    }
+    if (n > 0)
+        touch(conn);
+    return n;
+}
+
+void em__conn_queued(em_conn *conn)
+{
+    conn->flags |= EM__CONN_WAS_QUEUED;
+    if (conn->relay)
+        em__flow_after_growth(conn);
+    em__conn_update_interest(conn);
+}
+
 int em_send_data(em_conn *conn, const void *data, size_t len)
 {
     if (!conn || (!data && len > 0))
@@ -346,26 +370,18 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
     const char *bytes = data;
     if (can_write_now(conn)) {
         struct iovec iov = {.iov_base = (void *)bytes, .iov_len = len};
-        ssize_t n = conn->transport->writev(conn, &iov, 1);
-        if (n < 0 && n != -EAGAIN) {
-            em__conn_close_now(conn, (int)n);
+        ssize_t n = write_now(conn, &iov, 1);
+        if (n < 0)
             return (int)n;
-        }
-        if (n > 0) {
-            touch(conn);
-            bytes += n;
-            len -= (size_t)n;
-        }
+        bytes += n;
+        len -= (size_t)n;
         if (len == 0)
             return 0;
     }
     int err = em__outq_append(&conn->out, bytes, len);
     if (err < 0)
         return err;
-    conn->flags |= EM__CONN_WAS_QUEUED;
-    if (conn->relay)
-        em__flow_after_growth(conn);
-    em__conn_update_interest(conn);
+    em__conn_queued(conn);
     return 0;
 }
 
@@ -407,16 +423,11 @@ int em_send_datav(em_conn *conn, const struct iovec *iov, int count)
         return 0;
     size_t sent = 0;
     if (can_write_now(conn)) {
-        int n_iov = count < EM__IOV_MAX ? count : EM__IOV_MAX;
-        ssize_t n = conn->transport->writev(conn, iov, n_iov);
-        if (n < 0 && n != -EAGAIN) {
-            em__conn_close_now(conn, (int)n);
+        ssize_t n =
+            write_now(conn, iov, count < EM__IOV_MAX ? count : EM__IOV_MAX);
+        if (n < 0)
             return (int)n;
-        }
-        if (n > 0) {
-            touch(conn);
-            sent = (size_t)n;
-        }
+        sent = (size_t)n;
         if (sent == total)
             return 0;
     }
@@ -434,10 +445,7 @@ int em_send_datav(em_conn *conn, const struct iovec *iov, int count)
             return err;
         }
     }
-    conn->flags |= EM__CONN_WAS_QUEUED;
-    if (conn->relay)
-        em__flow_after_growth(conn);
-    em__conn_update_interest(conn);
+    em__conn_queued(conn);
     return 0;
 }
 

@@ -177,10 +177,7 @@ static int queue_file(em_conn *conn, const char *path, int http_chunks,
         em__conn_close_now(conn, err);
         return err;
     }
-    conn->flags |= EM__CONN_WAS_QUEUED;
-    if (conn->relay)
-        em__flow_after_growth(conn);
-    em__conn_update_interest(conn);
+    em__conn_queued(conn);
     return 0;
 }
 

@@ -24,6 +24,7 @@
  *   signals.c    em_add_signal: signals through a signalfd
  *   fswatch.c    em_watch_file: inotify
  *   embed.c      em_backend_fd's timerfd, em_next_timeout_ms
+ *   wait_hook.c  em_set_wait_hook: the wait run by a binding's function
  *   address.c    host/port parsing into sockaddrs
  *   sockopt.c    peer/sock names, socket options, keepalive
  *   datagram.c   UDP sockets as connections (recvmmsg batches, replies)
@@ -342,6 +343,9 @@ em_conn *em__conn_new_extra(em_loop *loop, const em_handler *handler, void *arg,
                             int fd, uint32_t flags, size_t extra);
 /* The socket connected (or an accepted one is ready): arm and start. */
 void em__conn_established(em_conn *conn);
+/* Bytes were added to conn's queue: drained becomes due, watermarks and
+ * the poll interest follow. */
+void em__conn_queued(em_conn *conn);
 /* Writes the queue; closes on error. */
 void em__conn_flush(em_conn *conn);
 /* Runs unbind for every connection marked closing. */
@@ -663,6 +667,8 @@ struct em_loop {
     em__ids ids;           /* conn_id.c */
     struct em__dgram_batch *dgram_batch; /* datagram.c, first socket on */
     struct em__adapter *adapters; /* adapter.c: handlers adapters became */
+    em_wait_hook wait_hook; /* wait_hook.c; NULL: the turn waits itself */
+    void *wait_hook_arg;
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */
@@ -671,6 +677,9 @@ uint64_t em__clock_ns(void);
 /* When the loop next has work without an event: 0 if it has some now,
  * else the earliest timer or timeout (loop clock, ns), UINT64_MAX none. */
 uint64_t em__loop_next_deadline(const em_loop *loop);
+/* The turn's wait: through the wait hook when one is set and the wait may
+ * block (wait_hook.c). */
+void em__loop_wait(em_loop *loop, int timeout_ms);
 
 /* ---- embedding (embed.c) --------------------------------------------- */
 

@@ -83,9 +83,13 @@ void em__ring_free(em__task_ring *ring)
 
 void em__loop_wakeup(em_loop *loop)
 {
+    /* Signal handlers call this (em_stop, em_wakeup): errno is the
+     * interrupted code's. */
+    int saved = errno;
     uint64_t one = 1;
     ssize_t n = write(loop->wakeup.fd, &one, sizeof(one));
     (void)n; /* EAGAIN means the counter is already non-zero: still awake */
+    errno = saved;
 }
 
 /* Swaps the producers' ring for the empty spare under the lock and runs the
@@ -306,7 +310,7 @@ static void turn(em_loop *loop, int timeout_ms)
     int wait_ms = poll_timeout(loop, timeout_ms);
     if (wait_ms != 0 && loop->before_poll)
         loop->before_poll(loop, loop->poll_hook_arg);
-    em__poller_wait(loop, wait_ms);
+    em__loop_wait(loop, wait_ms);
     if (wait_ms != 0 && loop->after_poll)
         loop->after_poll(loop, loop->poll_hook_arg);
     loop->now_ns = em__clock_ns();

@@ -1,0 +1,43 @@
+# frozen_string_literal: true
+#
+# libem/eventmachine - run EventMachine programs on libem.
+#
+#   ruby -rlibem/eventmachine app.rb
+#   require "libem/eventmachine"   # before anything requires "eventmachine"
+#
+# Loads libem's engine (the rubyeventmachine extension built on libem) and
+# registers it under the feature name "rubyeventmachine", so that
+# EventMachine's own Ruby layer (require "eventmachine") finds its engine
+# already loaded and uses it, unchanged. See docs/ruby.md.
+
+module LibEM
+  # Where the extension is: $LIBEM_RUBY_EXT (the .so or its directory),
+  # next to this file (an installed gem), or a build tree of the repository
+  # this file lives in (build*/ruby/).
+  def self.engine_path
+    candidates = []
+    if (env = ENV["LIBEM_RUBY_EXT"]) && !env.empty?
+      candidates << (File.directory?(env) ? File.join(env, "rubyeventmachine.so") : env)
+    end
+    candidates << File.join(__dir__, "rubyeventmachine.so")
+    root = File.expand_path("../../..", __dir__)
+    candidates << File.join(root, "build", "ruby", "rubyeventmachine.so")
+    candidates.concat(Dir[File.join(root, "build*", "ruby", "rubyeventmachine.so")].sort)
+    found = candidates.find { |path| File.file?(path) }
+    return File.expand_path(found) if found
+
+    raise LoadError, "libem's rubyeventmachine.so not found (looked in: " \
+                     "#{candidates.uniq.join(', ')}); build it with " \
+                     "`make` or set LIBEM_RUBY_EXT"
+  end
+end
+
+unless defined?(EventMachine::LIBEM_VERSION)
+  if $LOADED_FEATURES.any? { |f| File.basename(f) == "rubyeventmachine.so" }
+    raise LoadError, "EventMachine's own engine is already loaded: require " \
+                     "\"libem/eventmachine\" before \"eventmachine\""
+  end
+  require LibEM.engine_path
+  # EventMachine's `require "rubyeventmachine"` now finds it loaded.
+  $LOADED_FEATURES << "rubyeventmachine.so"
+end
