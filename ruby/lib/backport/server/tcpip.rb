@@ -13,11 +13,14 @@ module Backport
     # accepted from a thread that slept 10 ms between accepts (about 100 a
     # second at most).
     #
-    # The reactor gets a duplicate of the descriptor, which EventMachine
-    # closes when the server stops; the server closes its own. Rejected:
-    # handing over the socket's own descriptor, which EventMachine closes
-    # while the TCPServer object still holds its number (closing it again
-    # later could close an unrelated descriptor that reused it).
+    # Who closes what: EventMachine's own engine takes the descriptor
+    # attach_server is given and closes it when the server stops, so it gets
+    # a duplicate, and the server closes its socket. Rejected: handing it the
+    # socket's own descriptor, which the engine would close while the
+    # TCPServer object still holds its number (closing that again later
+    # could close an unrelated descriptor that reused it). libem's engine
+    # works on a duplicate of its own and leaves the descriptor it was given
+    # to the caller: it gets the socket itself.
     class Tcpip < Base
       include Connectable
 
@@ -48,8 +51,11 @@ module Backport
 
       def starting
         super
-        listener = @socket.dup
-        listener.autoclose = false # EventMachine closes this descriptor
+        listener = @socket
+        if Tcpip.engine_takes_descriptor?
+          listener = @socket.dup
+          listener.autoclose = false # the engine closes this descriptor
+        end
         @signature = EM.attach_server(listener, Connection, self)
       end
 
@@ -86,6 +92,15 @@ module Backport
       rescue IOError, SystemCallError => e
         Backport.logger.info { "Accept failed [#{e.class}] #{e.message}" }
         nil
+      end
+
+      # True when the engine closes the descriptor EM.attach_server was
+      # given when the server stops (EventMachine's own engine), false for
+      # libem's engine, which leaves it to the caller.
+      #
+      # @api private
+      def self.engine_takes_descriptor?
+        !defined?(EventMachine::LIBEM_VERSION)
       end
 
       # The peer of an accepted connection as Backport's `remote` hash.
