@@ -116,10 +116,12 @@ module Backport
       !@started || @closed
     end
 
-    # True once a close was requested or the peer is gone.
-    def closed?
-      @closed
-    end
+    # True once a close was requested or the peer is gone. (An attribute
+    # reader: the VM calls those without a frame, and a connection asks on
+    # every piece of input.)
+    attr_reader :closed
+    alias closed? closed
+    private :closed
 
     # Backport polled input on ticks; here input is delivered as it arrives,
     # so there is nothing left to do on a tick.

@@ -165,11 +165,18 @@ module Backport
 
         def post_init
           @client = Client.new(self, self, @server.adapter, Tcpip.remote_of(self))
+          @adapter = @client.adapter
           @server.__send__(:accepted, @client)
         end
 
+        # Client#receive, inlined: this runs for every piece of input.
         def receive_data data
-          @client.receive(data)
+          return if @client.closed?
+
+          @adapter.receiving(data)
+        rescue StandardError => e
+          Reactor.report(e, "#{@adapter.class}#receiving")
+          @client.close
         end
 
         def unbind
