@@ -889,3 +889,116 @@ Test(fork, parent_free_is_unchanged, .timeout = TH_TIMEOUT(10))
     cr_assert_eq(s.unbinds, 1);
     close(fd);
 }
+
+/* ---- stdio: a process whose stdin and stdout are pipes ------------------ */
+
+/* The intermediate process P of the stdio test: its fd 0 and 1 are the
+ * test's pipes, its loop has them as an em_open_stdio connection (private
+ * non-blocking copies), and it forks a child C inside a callback. P
+ * forwards C's report, then echoes until stdin ends, and exits 0 when its
+ * own loop was freed cleanly. */
+typedef struct stdio_result {
+    report child;
+    int base;         /* P's descriptors before its loop */
+    int child_status; /* C's wait status */
+    int blocking_0_1; /* P's fd 0 and 1 are still blocking after C */
+} stdio_result;
+
+static int stdio_unbinds;
+
+static void stdio_echo(em_conn *conn, const char *data, size_t len)
+{
+    em_send_data(conn, data, len);
+}
+
+static void stdio_unbind(em_conn *conn, int reason)
+{
+    (void)conn;
+    (void)reason;
+    stdio_unbinds++;
+}
+
+static const em_handler stdio_echo_handler = {.receive_data = stdio_echo,
+                                              .unbind = stdio_unbind};
+
+static _Noreturn void stdio_parent(int in_fd, int out_fd, int result_wr)
+{
+    alarm(TH_TIMEOUT(30));
+    if (dup2(in_fd, STDIN_FILENO) < 0 || dup2(out_fd, STDOUT_FILENO) < 0)
+        _exit(3);
+    close(in_fd);
+    close(out_fd);
+    int rep[2];
+    if (pipe2(rep, O_CLOEXEC) < 0)
+        _exit(3);
+    stdio_result res = {.base = count_fds_raw()};
+    em_loop *loop;
+    em_conn *conn;
+    if (em_loop_new(&loop) < 0 ||
+        em_open_stdio(loop, &stdio_echo_handler, NULL, &conn) < 0)
+        _exit(4);
+    int watched = 0;
+    forker f = {.report_wr = rep[1],
+                .watched = &watched,
+                .watched_len = sizeof(watched),
+                .borrowed_fd = -1};
+    em_add_timer(loop, 0.0, fork_in_callback, &f, NULL);
+    while (!f.forked)
+        em_run_once(loop, 10);
+    struct pollfd p = {.fd = rep[0], .events = POLLIN};
+    if (f.child < 0 || poll(&p, 1, TH_TIMEOUT(20) * 1000) != 1 ||
+        read(rep[0], &res.child, sizeof(res.child)) != sizeof(res.child))
+        _exit(5);
+    waitpid(f.child, &res.child_status, 0);
+    res.blocking_0_1 = !(fcntl(STDIN_FILENO, F_GETFL) & O_NONBLOCK) &&
+                       !(fcntl(STDOUT_FILENO, F_GETFL) & O_NONBLOCK);
+    if (write(result_wr, &res, sizeof(res)) != sizeof(res))
+        _exit(6);
+    double deadline = th_now() + TH_TIMEOUT(10);
+    while (!stdio_unbinds && th_now() < deadline)
+        em_run_once(loop, 10);
+    _exit(stdio_unbinds && em_loop_free(loop) == 0 ? 0 : 7);
+}
+
+Test(fork, stdio_copies_closed_in_child, .timeout = TH_TIMEOUT(30))
+{
+    int in[2], out[2], res[2];
+    cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(res, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(in[1]);
+        close(out[0]);
+        close(res[0]);
+        stdio_parent(in[0], out[1], res[1]);
+    }
+    close(in[0]);
+    close(out[1]);
+    close(res[1]);
+    stdio_result r;
+    struct pollfd p = {.fd = res[0], .events = POLLIN};
+    if (poll(&p, 1, TH_TIMEOUT(20) * 1000) != 1)
+        kill(pid, SIGKILL);
+    cr_assert_eq(read(res[0], &r, sizeof(r)), (ssize_t)sizeof(r),
+                 "no result from the stdio process");
+    cr_assert(WIFEXITED(r.child_status) && WEXITSTATUS(r.child_status) == 0,
+              "child status %#x", r.child_status);
+    check_report(&r.child, r.base);
+    cr_assert(r.blocking_0_1, "fd 0 and 1 keep their flags");
+    /* P's stdio connection still echoes: C closed only its copies. */
+    cr_assert_eq(write(in[1], "after\n", 6), 6);
+    char buf[8];
+    p.fd = out[0];
+    cr_assert_eq(poll(&p, 1, TH_TIMEOUT(5) * 1000), 1, "no echo");
+    cr_assert_eq(read(out[0], buf, sizeof(buf)), 6);
+    cr_assert_eq(memcmp(buf, "after\n", 6), 0);
+    close(in[1]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x",
+              status);
+    close(out[0]);
+    close(res[0]);
+}
