@@ -258,4 +258,47 @@ class TestFork < EngineTest
     assert_equal ["from the child's callback reached the outer run's caller",
                   true], result
   end
+
+  def test_child_forked_in_an_unbind_at_release
+    libem_only("the child may leave the callback after release_machine")
+    reader, writer = IO.pipe
+    parent = Process.pid
+    pid = nil
+    run_em do
+      connected_client do |c|
+        c.on_data = nil
+        # Runs in the parent's release_machine, after EM.stop.
+        c.on_unbind = lambda do
+          next unless Process.pid == parent
+
+          flush_output
+          pid = fork
+          if pid.nil?
+            reader.close
+            EM.release_machine
+            EM.instance_variable_set(:@reactor_running, false)
+            ran = false
+            EM.run do
+              ran = true
+              EM.stop
+            end
+            writer.write("new run #{ran}\n")
+            next # back into the release, which is gone here
+          end
+          writer.close
+        end
+        EM.stop
+      end
+    end
+    if Process.pid != parent
+      writer.write("outer run returned\n")
+      writer.close
+      exit!(0)
+    end
+    out = reader.read
+    reader.close
+    _, status = Process.waitpid2(pid)
+    assert_true status.success?
+    assert_equal "new run true\nouter run returned\n", out
+  end
 end
