@@ -260,7 +260,7 @@ static int under_tag(rb_block_call_func_t fn, VALUE arg)
 {
     VALUE tag = machine_tag;
     rb_catch_obj(tag, fn, arg);
-    if (tag == released_tag) {
+    if (tag == released_tag && !NIL_P(tag)) {
         released_tag = Qnil;
         return 1;
     }
