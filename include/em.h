@@ -65,7 +65,24 @@ int em_loop_new(em_loop **out);
  * done runs here), signal handlers removed. Returns 0; -EBUSY if it had to
  * close live handles or finish em_defer jobs (freed anyway); -EDEADLK,
  * freeing nothing, when called from inside one of the loop's callbacks
- * (or while em_run runs it); -EINVAL for NULL. */
+ * (or while em_run runs it); -EINVAL for NULL.
+ *
+ * After fork: called in a process other than the one that created the
+ * loop (a child), it releases the loop as inherited and returns 0. Every
+ * descriptor the loop owns is closed in the child (sockets, listeners,
+ * pipes, files queued for sending, pidfds, epoll, eventfd, timerfd,
+ * signalfd, inotify) and its memory freed; no callback runs (no unbind, no
+ * done), nothing is sent, shut down, read, unregistered, unlinked,
+ * signalled or reaped, so the parent's connections, servers, Unix socket
+ * files, file watches and children carry on; no lock another thread held
+ * at the fork is waited for (what it guards is left unfreed instead);
+ * the signal mask the loop changed in the forking thread is restored in
+ * the child. Descriptors em_watch borrowed stay open. Allowed even from
+ * inside one of the loop's callbacks (a fork there): the child must then
+ * never return into the loop, but exit, exec or jump out of the callback's
+ * frames. The fork must come from the loop's thread, or from another
+ * while the loop's thread is not inside libem (or only waiting in the
+ * poll): a copy taken in the middle of a change cannot be released. */
 int em_loop_free(em_loop *loop);
 
 /* Runs the loop until em_stop(); then unbinds every connection and closes

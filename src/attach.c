@@ -69,6 +69,17 @@ void em__fdx_free(em_conn *conn)
     conn->fdx = NULL;
 }
 
+/* In a forked child (fork.c): no timer to cancel (the heap goes whole), no
+ * child to kill or reap. */
+void em__fdx_forget(em_conn *conn)
+{
+    em__fdx *x = conn->fdx;
+    if (x->kind == EM__FDX_POPEN || x->kind == EM__FDX_PROC_WATCH)
+        em__proc_forget(conn);
+    free(x);
+    conn->fdx = NULL;
+}
+
 int em__set_nonblock(int fd, int *restore)
 {
     *restore = -1;

@@ -285,3 +285,15 @@ int em_reconnect(em_conn *conn, const char *host, int port)
     begin(conn, host, port, NULL);
     return 0;
 }
+
+/* A forked child forgets the attempt (fork.c): the addresses are freed;
+ * the resolver job is not cancelled (that takes the pool's lock) but freed
+ * by em__resolver_forget. */
+void em__connect_forget(em_conn *conn)
+{
+    struct em__connect_req *req = conn->connect;
+    if (req->addresses)
+        freeaddrinfo(req->addresses);
+    free(req);
+    conn->connect = NULL;
+}

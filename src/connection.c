@@ -710,3 +710,34 @@ double em_get_idle_time(const em_conn *conn)
         return 0.0;
     return (double)(conn->loop->now_ns - conn->last_activity_ns) / 1e9;
 }
+
+/* ---- after fork (fork.c) --------------------------------------------- */
+
+/* Unlinked from every list first, while its neighbours still live, then
+ * released piece by piece; conn_release_io's path is not taken: it would
+ * discard unread input, send close_notify and run done callbacks. */
+void em__conn_forget(em_conn *conn)
+{
+    em__list_remove(&conn->link);
+    em__timeout_disarm(conn);
+    if (conn->connect)
+        em__connect_forget(conn);
+    if (conn->relay)
+        em__proxy_forget(conn);
+    em__outq_forget(&conn->out);
+    if (conn->watcher.fd >= 0) {
+        if (conn->transport->forget)
+            conn->transport->forget(conn);
+        else
+            conn->transport->close(conn);
+    }
+    if (conn->tls)
+        em__tls_free(conn); /* memory only: SSL_free sends nothing */
+    if (conn->fdx)
+        em__fdx_forget(conn);
+    if (conn->framer)
+        em__framer_forget(conn);
+    free(conn->relay);
+    free(conn->remote_host);
+    free(conn);
+}

@@ -46,6 +46,16 @@ void em__range_finish(em_conn *conn, em__fd_range *range, int err)
     free(range);
 }
 
+/* em__range_finish without the done callback, in a forked child. */
+void em__range_forget(em__fd_range *range)
+{
+    if (range->pipe)
+        em__pipe_release(range->pipe);
+    else if (range->fd >= 0)
+        close(range->fd);
+    free(range);
+}
+
 void em__file_loop_free(em_loop *loop)
 {
     free(loop->file_buf);

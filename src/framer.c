@@ -236,6 +236,15 @@ void em__framer_free(em_conn *conn)
         release(f);
 }
 
+/* In a forked child (fork.c) even a framer inside its callback goes: the
+ * child never returns into the loop that was feeding it. */
+void em__framer_forget(em_conn *conn)
+{
+    em__framer *f = conn->framer;
+    conn->framer = NULL;
+    framer_destroy(f);
+}
+
 void em__framer_reset(em_conn *conn)
 {
     em__framer *f = conn->framer;

@@ -392,3 +392,31 @@ size_t em_file_watch_count(const em_loop *loop)
 {
     return loop && loop->fswatch ? loop->fswatch->live : 0;
 }
+
+/* ---- after fork (fork.c) --------------------------------------------- */
+
+/* The inotify instance is shared with the parent: inotify_rm_watch here
+ * would end the parent's watches, so the descriptor is only closed and the
+ * records freed, with no unbind. */
+void em__fswatch_forget(em_loop *loop)
+{
+    em__fswatch *fs = loop->fswatch;
+    for (size_t i = 0; i < fs->count; i++) {
+        wd_node *node = fs->nodes[i];
+        while (!em__list_empty(&node->watches)) {
+            em__link *l = node->watches.next;
+            em__list_remove(l);
+            free(em__container_of(l, em_file_watch, link));
+        }
+        free(node);
+    }
+    while (!em__list_empty(&fs->ended)) {
+        em__link *l = fs->ended.next;
+        em__list_remove(l);
+        free(em__container_of(l, em_file_watch, link));
+    }
+    close(fs->watcher.fd);
+    free(fs->nodes);
+    free(fs);
+    loop->fswatch = NULL;
+}

@@ -34,6 +34,7 @@
  *   framer.c     a parser attached to a connection; input held by pauses
  *   adapter.c    Backport's adapter model over handlers, servers and timers
  *   error.c      em_strerror, em_err_name
+ *   fork.c       em_loop_free in a forked child: the inherited loop
  */
 #ifndef EM_INTERNAL_H
 #define EM_INTERNAL_H
@@ -144,6 +145,10 @@ typedef struct em__transport {
      * surely still names the same file (the owner may close it before
      * unbind). */
     void (*closing)(em_conn *conn);
+    /* Optional: releases the descriptor in a forked child (fork.c): no
+     * word to the peer, nothing shared with the parent changed. NULL:
+     * close already is that. */
+    void (*forget)(em_conn *conn);
 } em__transport;
 
 extern const em__transport em__socket_transport;
@@ -672,6 +677,8 @@ struct em_loop {
     struct em__adapter *adapters; /* adapter.c: handlers adapters became */
     em_wait_hook wait_hook; /* wait_hook.c; NULL: the turn waits itself */
     void *wait_hook_arg;
+    /* em_loop_new's process; em_loop_free in another one forgets (fork.c) */
+    pid_t owner_pid;
 };
 
 /* Wakes the loop from any thread (eventfd write; async-signal-safe). */
@@ -698,5 +705,40 @@ static inline void em__loop_work_added(em_loop *loop)
     if (loop->embed_timer.fd >= 0 && !loop->running)
         em__embed_update(loop);
 }
+
+/* ---- a loop inherited across fork (fork.c) ---------------------------- */
+
+/* em_loop_free in a process other than the loop's: closes what the loop
+ * owns and frees what no vanished thread may hold, running no callback and
+ * touching nothing the parent still uses (no send, shutdown, read,
+ * epoll_ctl, inotify_rm_watch, unlink, kill or wait). loop_release then
+ * frees the rest. Each module's part: */
+void em__loop_forget(em_loop *loop);
+/* connection.c: one connection (unlinked from every list, freed). */
+void em__conn_forget(em_conn *conn);
+/* connect.c: the attempt's addresses; its resolver job is resolve.c's. */
+void em__connect_forget(em_conn *conn);
+/* proxy.c: conn's proxy as a source, and its pipe reference. */
+void em__proxy_forget(em_conn *conn);
+/* outbound.c, file.c: the queue; ranges close their file, drop their pipe
+ * reference, and call no done function. */
+void em__outq_forget(em__outq *q);
+void em__range_forget(em__fd_range *range);
+/* attach.c, process.c: the extras; a pidfd is closed, no child signalled
+ * or reaped. */
+void em__fdx_forget(em_conn *conn);
+void em__proc_forget(em_conn *conn);
+/* framer.c: the parser, even one whose callback is running. */
+void em__framer_forget(em_conn *conn);
+/* server.c: listeners closed, Unix socket files left in place. */
+void em__servers_forget(em_loop *loop);
+/* fswatch.c: the inotify descriptor closed, its watches left to the
+ * parent, the records freed. */
+void em__fswatch_forget(em_loop *loop);
+/* pool.c: no worker exists: records freed without the pool's lock (taken
+ * only if free), nothing joined or destroyed. Before em__resolver_forget. */
+void em__pool_forget(em_loop *loop);
+/* resolve.c: the jobs in flight freed. */
+void em__resolver_forget(em_loop *loop);
 
 #endif

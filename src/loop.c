@@ -20,7 +20,9 @@
  * an event": the poll timeout, em_next_timeout_ms and the embedding timerfd
  * (embed.c) all use it. em_set_max_wait_ms caps the poll timeout. The
  * callbacks em_loop_free runs (unbinds, defer dones) run with `running`
- * set, so they cannot free or run the loop they are being freed by.
+ * set, so they cannot free or run the loop they are being freed by. In a
+ * process other than the one that made the loop (a fork child) it runs
+ * none of them: fork.c releases the loop as inherited.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -143,6 +145,7 @@ static int loop_init(em_loop *loop)
     em__list_init(&loop->framer_pending);
     em__list_init(&loop->proc_exiting);
     loop->now_ns = em__clock_ns();
+    loop->owner_pid = getpid();
 
     int err = em__poller_open(loop);
     if (err < 0)
@@ -238,6 +241,13 @@ int em_loop_free(em_loop *loop)
 {
     if (!loop)
         return -EINVAL;
+    if (loop->owner_pid != getpid()) {
+        /* Inherited across fork: released without a callback or a word to
+         * the parent's peers, even from inside a callback (fork.c). */
+        em__loop_forget(loop);
+        loop_release(loop);
+        return 0;
+    }
     if (loop->running)
         return -EDEADLK; /* inside one of its callbacks: free nothing */
     int busy = !em__list_empty(&loop->conns) ||

@@ -181,3 +181,17 @@ void em__outq_clear(em_conn *conn, em__outq *q)
         c = next;
     }
 }
+
+void em__outq_forget(em__outq *q)
+{
+    em__chunk *c = q->head;
+    q->head = q->tail = NULL;
+    q->bytes = 0;
+    while (c) {
+        em__chunk *next = c->next;
+        if (c->range)
+            em__range_forget(c->range);
+        free(c);
+        c = next;
+    }
+}

@@ -43,6 +43,10 @@
  *
  * Workers block every signal, so signals reach the application's threads
  * (and a loop's signalfd, see signals.c).
+ *
+ * After fork the child has the pool's memory but none of its workers:
+ * em__pool_forget frees the records (jobs that were running included, so
+ * they are kept on a `running` list) without waiting for anyone.
  */
 #include <errno.h>
 #include <signal.h>
@@ -96,6 +100,8 @@ struct em__pool {
     uint32_t slot_used;
     uint32_t free_head;
     size_t defers; /* em_defer jobs whose done has not run */
+
+    em__link running; /* JOB_RUNNING, under lock: a fork child frees them */
 };
 
 static em__job *job_of(em__link *link)
@@ -132,9 +138,11 @@ static void *worker_main(void *arg)
         em__list_remove(&job->link);
         p->queued--;
         job->state = JOB_RUNNING;
+        em__list_push_back(&p->running, &job->link);
         pthread_mutex_unlock(&p->lock);
         job->work(job);
         pthread_mutex_lock(&p->lock);
+        em__list_remove(&job->link);
         if (job->abandoned) {
             pthread_mutex_unlock(&p->lock);
             job->drop(job);
@@ -195,6 +203,7 @@ static int pool_get(em_loop *loop, em__pool **out)
     p->free_head = SLOT_NONE;
     em__list_init(&p->queue);
     em__list_init(&p->done);
+    em__list_init(&p->running);
     loop->pool = p;
     *out = p;
     return 0;
@@ -323,6 +332,39 @@ size_t em__pool_free(em_loop *loop)
     free(p);
     loop->pool = NULL;
     return outstanding;
+}
+
+/* ---- after fork ------------------------------------------------------- */
+
+/* In a forked child no worker exists, and one may have held the lock at
+ * the fork, in the middle of changing a list: the lock is only tried, and
+ * the lists it guards are read only when it was free. The slot table and
+ * the resolver's list are the loop thread's and always whole. Neither the
+ * mutex nor the condvar is destroyed: a condvar with waiters that will
+ * never wake makes pthread_cond_destroy wait forever. */
+void em__pool_forget(em_loop *loop)
+{
+    em__pool *p = loop->pool;
+    if (!p)
+        return;
+    if (pthread_mutex_trylock(&p->lock) == 0) {
+        /* An abandoned job a worker was running is on no one else's list
+         * (its owner let go of it); the others are the slots' or the
+         * resolver's. */
+        for (em__link *l = p->running.next, *next; l != &p->running; l = next) {
+            next = l->next;
+            em__job *job = job_of(l);
+            if (job->abandoned)
+                job->drop(job);
+        }
+        pthread_mutex_unlock(&p->lock);
+    }
+    for (uint32_t i = 0; i < p->slot_used; i++)
+        free(p->slots[i].defer);
+    free(p->threads);
+    free(p->slots);
+    free(p);
+    loop->pool = NULL;
 }
 
 /* ---- em_defer's ids -------------------------------------------------- */

@@ -617,3 +617,22 @@ int em_system(em_loop *loop, const char *const argv[], em_system_cb callback,
         free(c);
     return err;
 }
+
+/* ---- after fork ------------------------------------------------------- */
+
+/* A forked child forgets a process connection (fork.c): the parent's
+ * child is not the child's to signal or reap, and a pidfd_send_signal or
+ * waitpid here would act on the parent's behalf; the pidfd is only closed.
+ * em_system's record, otherwise freed by its unbind, is freed here. */
+void em__proc_forget(em_conn *conn)
+{
+    em__fdx *x = conn->fdx;
+    if (x->exit.fd >= 0)
+        close(x->exit.fd);
+    x->exit.fd = -1;
+    if (conn->handler == &system_handler) {
+        collector *c = conn->arg;
+        free(c->buf);
+        free(c);
+    }
+}

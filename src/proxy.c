@@ -312,3 +312,20 @@ uint64_t em_get_proxied_bytes(const em_conn *from)
 {
     return from && from->relay ? from->relay->proxied_bytes : 0;
 }
+
+/* A forked child forgets conn's proxy (fork.c): the pipe loses the proxy's
+ * reference; the target, freed on its own, is not touched, nor is any
+ * throttled connection's interest (that would be an epoll_ctl on the
+ * parent's epoll set). */
+void em__proxy_forget(em_conn *conn)
+{
+    em__proxy *p = conn->relay->proxy;
+    if (!p)
+        return;
+    if (p->pipe) {
+        p->pipe->proxy = NULL;
+        em__pipe_release(p->pipe);
+    }
+    free(p);
+    conn->relay->proxy = NULL;
+}

@@ -37,7 +37,8 @@
  * was called or em__resolve_cancel returned. Host names longer than 1024
  * bytes (NI_MAXHOST) are refused with -EINVAL.
  *
- * The resolver is not fork-safe: a child must not use the parent's loop.
+ * A forked child must not use the parent's loop; it may free it, which
+ * frees the jobs without cancelling them (em__resolver_forget).
  */
 #include <errno.h>
 #include <netdb.h>
@@ -214,6 +215,24 @@ void em__resolver_free(em_loop *loop)
         em__resolve_job *job =
             em__container_of(live->next, em__resolve_job, live);
         em__resolve_cancel(loop, job);
+    }
+    free(loop->resolver);
+    loop->resolver = NULL;
+}
+
+/* A forked child's resolver (fork.c): the jobs in flight are freed, not
+ * abandoned, since no worker exists to drop them and abandoning takes the
+ * pool's lock. Runs after em__pool_forget. */
+void em__resolver_forget(em_loop *loop)
+{
+    if (loop->resolver == NULL)
+        return;
+    em__link *live = &loop->resolver->live;
+    while (!em__list_empty(live)) {
+        em__resolve_job *job =
+            em__container_of(live->next, em__resolve_job, live);
+        em__list_remove(&job->live);
+        job_free(job);
     }
     free(loop->resolver);
     loop->resolver = NULL;

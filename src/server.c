@@ -354,3 +354,24 @@ static void on_accept(em_loop *loop, em__watcher *w, unsigned revents)
         }
     }
 }
+
+/* ---- after fork (fork.c) --------------------------------------------- */
+
+static void forget_list(em__link *list)
+{
+    while (!em__list_empty(list)) {
+        em_server *server = em__container_of(list->next, em_server, link);
+        em__list_remove(&server->link);
+        if (server->watcher.fd >= 0)
+            close(server->watcher.fd);
+        /* The socket file is the parent's listener's: never unlinked. */
+        free(server->unix_path);
+        free(server);
+    }
+}
+
+void em__servers_forget(em_loop *loop)
+{
+    forget_list(&loop->servers);
+    forget_list(&loop->dead_servers);
+}

@@ -161,12 +161,28 @@ static void stdio_close(em_conn *conn)
     release_out(conn);
 }
 
+/* In a forked child (fork.c): our private copies are closed; fd 0 and 1
+ * keep whatever flags they have, since their description is shared with
+ * the parent, whose loop may still rely on O_NONBLOCK there; and no
+ * epoll_ctl touches the parent's set. */
+static void stdio_forget(em_conn *conn)
+{
+    em__fdx *x = conn->fdx;
+    if (x->in_owned)
+        close(conn->watcher.fd);
+    conn->watcher.fd = -1;
+    if (x->out.fd >= 0 && x->out_owned)
+        close(x->out.fd);
+    x->out.fd = -1;
+}
+
 static const em__transport stdio_transport = {
     .read = stdio_read,
     .writev = stdio_writev,
     .shutdown_write = stdio_shutdown_write,
     .close = stdio_close,
     .closing = stdio_closing,
+    .forget = stdio_forget,
 };
 
 static void on_writable(em_loop *loop, em__watcher *w, unsigned revents)

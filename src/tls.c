@@ -383,11 +383,20 @@ static void tls_close(em_conn *conn)
     em__socket_transport.close(conn);
 }
 
+/* In a forked child (fork.c): the socket is closed without close_notify,
+ * which would end the parent's session (the peer sees the alert on the
+ * connection the parent still uses). em__tls_free follows. */
+static void tls_forget(em_conn *conn)
+{
+    em__socket_transport.close(conn);
+}
+
 static const em__transport tls_transport = {
     .read = tls_read,
     .writev = tls_writev,
     .shutdown_write = tls_shutdown_write,
     .close = tls_close,
+    .forget = tls_forget,
 };
 
 /* ---- events ---------------------------------------------------------- */

@@ -26,6 +26,19 @@
  * Signatures of timers and servers come from rem_new_sig (1, 2, ...); a
  * libem connection id is at least 2^32, so the two never meet in Ruby's
  * tables.
+ *
+ * fork: a child forked inside the reactor (EM.fork_reactor, or fork in a
+ * callback) calls release_machine, which frees the inherited loop with
+ * em_loop_free: in a process other than the loop's, libem closes what the
+ * loop owns and runs nothing (no unbind in the child, no close_notify or
+ * unlink that would reach the parent's peers), even from inside one of its
+ * callbacks. The frames of the parent's turn are then still on the child's
+ * stack, and the loop they belong to is gone: when the Ruby callback the
+ * child forked in returns (or raises), rem_call does not return into them
+ * but throws (or re-raises) past them to that machine's run_machine, which
+ * catches its machine's tag and returns; EM.run's ensure follows, as after
+ * EM.stop. EM.fork_reactor's child never comes back (Kernel.fork with a
+ * block exits), nor does one that exits or execs.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -39,6 +52,13 @@
 rem_machine rem;
 long rem_max_timers = 100000;  /* EventMachine's default */
 static int accepts_per_wakeup; /* 0: libem's default */
+
+/* The running machine's catch tag (made by initialize_event_machine), and
+ * the tag of a machine released in a forked child while its turn was on
+ * the stack: callbacks of that turn throw to it instead of returning into
+ * freed frames. Both registered with the GC. */
+static VALUE machine_tag = Qnil;
+static VALUE released_tag = Qnil;
 
 /* ---- protected calls ------------------------------------------------- */
 
@@ -63,12 +83,26 @@ static void park(int state, VALUE err)
         rb_set_errinfo(Qnil);
 }
 
+/* The callback's machine was released in this (forked) process while the
+ * call ran: its libem frames below us belong to a freed loop. Leaves them
+ * for its run_machine: the failure goes on up as it is, a normal return
+ * becomes a throw of the machine's tag. Never returns. */
+static void leave_released_machine(VALUE tag, int state)
+{
+    if (state)
+        rb_jump_tag(state);
+    rb_throw_obj(tag, Qnil);
+}
+
 int rem_call(VALUE (*fn)(VALUE), VALUE arg)
 {
     if (rem.exc_state)
         return -1;
+    VALUE tag = machine_tag;
     int state = 0;
     rb_protect(fn, arg, &state);
+    if (tag == released_tag && !NIL_P(tag))
+        leave_released_machine(tag, state);
     if (!state)
         return 0;
     VALUE err = rb_errinfo();
@@ -78,6 +112,8 @@ int rem_call(VALUE (*fn)(VALUE), VALUE arg)
         rb_ivar_defined(rem_mEM, rem_id_at_error_handler)) {
         rb_set_errinfo(Qnil);
         rb_protect(call_error_handler, err, &state);
+        if (tag == released_tag && !NIL_P(tag))
+            leave_released_machine(tag, state);
         if (!state)
             return 0;
         err = rb_errinfo();
@@ -158,6 +194,7 @@ static VALUE t_initialize_event_machine(VALUE self)
         em_set_accepts_per_wakeup(loop, accepts_per_wakeup);
     rem.loop = loop;
     rem.pid = getpid();
+    machine_tag = rb_obj_alloc(rb_cObject);
     atomic_store(&rem.stop_requested, 0);
     atomic_store(&rem.loopbreak_pending, 0);
     rem.running = rem.releasing = 0;
@@ -199,21 +236,55 @@ static int one_turn(void)
     return 0;
 }
 
-static VALUE t_run_machine(VALUE self)
+static VALUE run_turns(RB_BLOCK_CALL_FUNC_ARGLIST(tag, once))
 {
-    (void)self;
-    rem_loop("evma_run_machine");
-    if (rem.running)
-        rb_raise(rb_eRuntimeError, "eventmachine is already running");
-    rem.running = 1;
+    (void)tag;
+    if (RTEST(once)) {
+        one_turn();
+        return Qnil;
+    }
     /* At least one turn, as EventMachine: a stop before run_machine (from
      * the EM.run block's timer or a hook) ends it after that turn. */
     do {
         if (one_turn() < 0)
             break;
     } while (!atomic_load(&rem.stop_requested));
+    return Qnil;
+}
+
+/* Runs fn(arg) under this machine's catch tag. Returns 1 when a forked
+ * child released the machine from inside one of the callbacks fn ran: the
+ * libem frames fn was in are gone, and rem belongs to the child's own
+ * machines now. */
+static int under_tag(rb_block_call_func_t fn, VALUE arg)
+{
+    VALUE tag = machine_tag;
+    rb_catch_obj(tag, fn, arg);
+    if (tag == released_tag && !NIL_P(tag)) {
+        released_tag = Qnil;
+        return 1;
+    }
+    return 0;
+}
+
+/* The turns. Returns 1 as under_tag. */
+static int run_caught(VALUE once)
+{
+    rem.running = 1;
+    if (under_tag(run_turns, once))
+        return 1;
     rem.running = 0;
     rem_raise_parked();
+    return 0;
+}
+
+static VALUE t_run_machine(VALUE self)
+{
+    (void)self;
+    rem_loop("evma_run_machine");
+    if (rem.running)
+        rb_raise(rb_eRuntimeError, "eventmachine is already running");
+    run_caught(Qfalse);
     return Qnil;
 }
 
@@ -223,10 +294,8 @@ static VALUE t_run_machine_once(VALUE self)
     rem_loop("evma_run_machine_once");
     if (rem.running)
         rb_raise(rb_eRuntimeError, "eventmachine is already running");
-    rem.running = 1;
-    one_turn();
-    rem.running = 0;
-    rem_raise_parked();
+    if (run_caught(Qtrue))
+        return Qfalse;
     return atomic_load(&rem.stop_requested) ? Qfalse : Qtrue;
 }
 
@@ -235,7 +304,11 @@ static VALUE t_stop(VALUE self)
     (void)self;
     em_loop *loop = rem_loop("evma_stop_machine");
     atomic_store(&rem.stop_requested, 1);
-    em_wakeup(loop); /* EM.stop from another thread ends a wait */
+    /* EM.stop from another thread ends a wait. Not in a forked child
+     * (fork_reactor stops before releasing): the eventfd is the parent's
+     * too, and it would wake the parent's reactor. */
+    if (rem.pid == getpid())
+        em_wakeup(loop);
     return Qnil;
 }
 
@@ -246,17 +319,29 @@ static VALUE t_stopping(VALUE self)
     return atomic_load(&rem.stop_requested) ? Qtrue : Qfalse;
 }
 
+static VALUE free_loop(RB_BLOCK_CALL_FUNC_ARGLIST(tag, result))
+{
+    (void)tag;
+    *(int *)result = em_loop_free(rem.loop);
+    return Qnil;
+}
+
 static VALUE t_release_machine(VALUE self)
 {
     (void)self;
     if (!rem.loop)
         return Qnil; /* initialize_event_machine failed: nothing to free */
     if (rem.pid != getpid()) {
-        /* A child forked inside the parent's reactor (fork_reactor): its
-         * copy of the loop is in the middle of a turn that will never end
-         * here, and its pool threads do not exist. It is abandoned, not
-         * freed; docs/ruby.md lists this under what is missing. */
+        /* A child forked inside the parent's reactor (fork_reactor): libem
+         * releases its copy as inherited, closing the descriptors and
+         * running no unbind, also from inside one of its callbacks (see
+         * the top of this file for how the child leaves that turn). A
+         * failure parked in the parent's turn is the parent's. */
         rem_conn_release();
+        em_loop_free(rem.loop); /* 0: a loop of another process */
+        if (rem.running || rem.releasing)
+            released_tag = machine_tag;
+        machine_tag = Qnil;
         rem.loop = NULL;
         rem.running = 0;
         rem.exc_state = 0;
@@ -270,16 +355,17 @@ static VALUE t_release_machine(VALUE self)
     rem_conn_release();
     /* Unbinds every connection, oldest first, through rem_call. -EBUSY
      * (live connections) is the expected result here. */
-    int err = em_loop_free(rem.loop);
+    int err = 0;
+    if (under_tag(free_loop, (VALUE)&err))
+        return Qnil; /* a child forked in an unbind released it */
     if (err == -EDEADLK) {
-        /* Called from inside one of the loop's own callbacks (a child
-         * forked there still sees the parent's turn in progress). The loop
-         * cannot be freed from here: it is abandoned, and a new machine
-         * can start. */
+        /* Called from inside one of the loop's own callbacks (an unbind
+         * this very em_loop_free runs). The loop cannot be freed from
+         * here: it is abandoned, and a new machine can start. */
         rb_warn("release_machine: the reactor could not be freed here "
-                "(inside a callback, or a child forked inside one); "
-                "its descriptors stay open");
+                "(inside one of its callbacks); its descriptors stay open");
     }
+    machine_tag = Qnil;
     rem.loop = NULL;
     rem.releasing = 0;
     rem.conns = rem.timers = Qnil;
@@ -513,6 +599,8 @@ void rem_define_machine(void)
     rb_gc_register_address(&rem.exc);
     rb_gc_register_address(&rem.conns);
     rb_gc_register_address(&rem.timers);
+    rb_gc_register_address(&machine_tag);
+    rb_gc_register_address(&released_tag);
 
     VALUE m = rem_mEM;
     rb_define_module_function(m, "initialize_event_machine",
