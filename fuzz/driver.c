@@ -45,8 +45,9 @@ int main(int argc, char **argv)
     }
     if (replayed)
         return 0;
-    static const char *const words[] = {"BIN ", "PCS ", "RAW", "DLM ", "\r\n",
-                                        "\n",   "XYZ",  "abab", "1", "7", "|"};
+    static const char *const words[] = {"BIN ", "PCS ", "RAW", "DLM ",
+                                        "\r\n", "\n",   "XYZ", "abab",
+                                        "1",    "7",    "|"};
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     uint64_t runs = 0;

@@ -55,8 +55,10 @@ static inline void fc_log_free(fc_log *log)
 static inline void fc_add(fc_log *log, int type, const char *data, size_t len)
 {
     /* merge binary pieces */
-    if (type == FC_BIN && log->count && log->ev[log->count - 1].type == FC_BIN &&
-        log->ev[log->count - 1].off + log->ev[log->count - 1].len == log->used) {
+    if (type == FC_BIN && log->count &&
+        log->ev[log->count - 1].type == FC_BIN &&
+        log->ev[log->count - 1].off + log->ev[log->count - 1].len ==
+            log->used) {
         if (log->used + len > log->bytes_cap) {
             log->bytes_cap = (log->used + len) * 2 + 64;
             log->bytes = realloc(log->bytes, log->bytes_cap);

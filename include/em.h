@@ -1132,7 +1132,6 @@ em_conn *em_conn_lookup(const em_loop *loop, uint64_t id);
  * -EINVAL (NULL loop, id 0, NULL data with len > 0) or -ENOMEM. */
 int em_send_data_id(em_loop *loop, uint64_t id, const void *data, size_t len);
 
-
 /* ------------------------------------------------------------------ */
 /* Framing: lines, binary blocks, length-prefixed frames                */
 /* ------------------------------------------------------------------ */
@@ -1268,8 +1267,7 @@ int em_lines_feed(em_lines *lines, const char *data, size_t len);
 int em_lines_finish(em_lines *lines);
 /* em_set_delimiter for a standalone parser. Returns 0, -EINVAL, -ENOMEM,
  * or -EBUSY (a partial line is buffered: it was cut by the old one). */
-int em_lines_set_delimiter(em_lines *lines, const char *delimiter,
-                           size_t len);
+int em_lines_set_delimiter(em_lines *lines, const char *delimiter, size_t len);
 /* em_set_binary_mode for a standalone parser; -EBUSY as above. */
 int em_lines_set_binary_mode(em_lines *lines, uint64_t size, int flags);
 /* em_set_line_mode for a standalone parser. Returns 0 or -EINVAL. */
@@ -1346,15 +1344,15 @@ int em_prepare_tcp_server(em_loop *loop, const char *host, int port,
  * the connection in *out (may be NULL). Returns 0, -EINVAL, -EBADF (fd 0
  * or 1 closed), -EEXIST (this loop already serves them), -ECANCELED or
  * -ENOMEM. */
-int em_prepare_stdio_server(em_loop *loop, const em_adapter *adapter,
-                            void *arg, em_conn **out);
+int em_prepare_stdio_server(em_loop *loop, const em_adapter *adapter, void *arg,
+                            em_conn **out);
 
 /* Calls fn(loop, arg) every `period` seconds (> 0, finite), first after one
  * period, on a fixed schedule (em_add_periodic_timer). Stores the timer in
  * *out (may be NULL; 0 on failure): em_cancel_timer stops it. Returns 0,
  * -EINVAL (NULL loop or fn, bad period) or -ENOMEM. */
-int em_prepare_interval(em_loop *loop, double period, em_callback fn,
-                        void *arg, em_timer_id *out);
+int em_prepare_interval(em_loop *loop, double period, em_callback fn, void *arg,
+                        em_timer_id *out);
 
 /* Backport's write: em_send_data (copied, written at once if possible).
  * Returns as em_send_data. */

@@ -297,7 +297,7 @@ static void after_parse(em__framer *f, const char *rest, size_t n,
     int err = failed(f);
     if (err < 0 || n == 0 || (conn->flags & EM__INPUT_DROPPED) || f->dead) {
         if (from_held)
-            f->held_len = 0; /* rest still points into held: not freed */
+            f->held_len = 0;    /* rest still points into held: not freed */
         set_held_flag(conn, 0); /* a successor holds nothing yet */
         if (err < 0)
             em__conn_close_now(conn, err);

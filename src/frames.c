@@ -8,9 +8,9 @@
  * gathered in a 10-byte array and a split body in a buffer that grows
  * with the bytes that arrived (doubling, capped at the frame's length, which
  * max_frame bounds before a byte of the body is stored), so announcing a
- * large frame costs nothing until its bytes come. A varint is checked byte by byte: a value above max_frame fails
- * as soon as it is known, so a prefix that never ends costs at most ten
- * bytes before -EBADMSG.
+ * large frame costs nothing until its bytes come. A varint is checked byte by
+ * byte: a value above max_frame fails as soon as it is known, so a prefix that
+ * never ends costs at most ten bytes before -EBADMSG.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -88,7 +88,6 @@ void em__frames_reset(em_frames *p)
     p->buf = NULL;
     p->cap = 0;
 }
-
 
 int em__frames_failed(const em_frames *p)
 {

@@ -328,8 +328,7 @@ void em__framer_reset(em_conn *conn);
 void em__framer_free(em_conn *conn);
 
 /* Where every chunk read from a stream goes. */
-static inline void em__conn_deliver(em_conn *conn, const char *data,
-                                    size_t len)
+static inline void em__conn_deliver(em_conn *conn, const char *data, size_t len)
 {
     if (conn->framer)
         em__framer_feed(conn, data, len);
@@ -675,7 +674,7 @@ struct em_loop {
     em__ids ids;           /* conn_id.c */
     struct em__dgram_batch *dgram_batch; /* datagram.c, first socket on */
     struct em__adapter *adapters; /* adapter.c: handlers adapters became */
-    em_wait_hook wait_hook; /* wait_hook.c; NULL: the turn waits itself */
+    em_wait_hook wait_hook;       /* wait_hook.c; NULL: the turn waits itself */
     void *wait_hook_arg;
     /* em_loop_new's process; em_loop_free in another one forgets (fork.c) */
     pid_t owner_pid;

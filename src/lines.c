@@ -39,7 +39,7 @@ struct em_lines {
     size_t max_binary;
     int keep_cr;
     int mode;
-    int failed;       /* 0 or the sticky error (-EMSGSIZE) */
+    int failed;        /* 0 or the sticky error (-EMSGSIZE) */
     uint64_t bin_left; /* MODE_WHOLE / MODE_PIECES: bytes still to come */
     char *buf;         /* partial line, or the whole block being gathered */
     size_t len;
@@ -157,7 +157,6 @@ void em__lines_reset(em_lines *p)
     p->len = 0;
     shrink(p);
 }
-
 
 int em__lines_failed(const em_lines *p)
 {
@@ -412,7 +411,7 @@ int em_lines_set_binary_mode(em_lines *p, uint64_t size, int flags)
         return -EMSGSIZE;
     p->len = 0;
     p->bin_left = size;
-    p->mode = size == 0                    ? MODE_UNBOUNDED
+    p->mode = size == 0                   ? MODE_UNBOUNDED
               : flags == EM_BINARY_PIECES ? MODE_PIECES
                                           : MODE_WHOLE;
     return 0;

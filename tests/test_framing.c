@@ -41,13 +41,14 @@ static void expect_same(const fc_log *ref, const fc_log *got, const char *what)
     size_t at = fc_compare(ref, got);
     if (at) {
         size_t i = at - 1;
-        cr_assert_fail("%s: event %zu differs (ref %zu events err %d, got %zu "
-                       "events err %d; ref type %d len %zu, got type %d len %zu)",
-                       what, i, ref->count, ref->err, got->count, got->err,
-                       i < ref->count ? ref->ev[i].type : -1,
-                       i < ref->count ? ref->ev[i].len : 0,
-                       i < got->count ? got->ev[i].type : -1,
-                       i < got->count ? got->ev[i].len : 0);
+        cr_assert_fail(
+            "%s: event %zu differs (ref %zu events err %d, got %zu "
+            "events err %d; ref type %d len %zu, got type %d len %zu)",
+            what, i, ref->count, ref->err, got->count, got->err,
+            i < ref->count ? ref->ev[i].type : -1,
+            i < ref->count ? ref->ev[i].len : 0,
+            i < got->count ? got->ev[i].type : -1,
+            i < got->count ? got->ev[i].len : 0);
     }
     cr_assert_eq(got->setter_err, 0, "%s: a setter failed: %d", what,
                  got->setter_err);
@@ -150,9 +151,9 @@ Test(lines, bad_arguments, .timeout = TH_TIMEOUT(5))
     cr_assert_eq(em_lines_set_delimiter(p, "", 0), -EINVAL);
     cr_assert_eq(em_lines_set_delimiter(p, NULL, 1), -EINVAL);
     cr_assert_eq(em_lines_set_binary_mode(p, 10, 7), -EINVAL);
-    cr_assert_eq(em_lines_set_binary_mode(p, EM_MAX_BINARY_DEFAULT + 1,
-                                          EM_BINARY_WHOLE),
-                 -EMSGSIZE);
+    cr_assert_eq(
+        em_lines_set_binary_mode(p, EM_MAX_BINARY_DEFAULT + 1, EM_BINARY_WHOLE),
+        -EMSGSIZE);
     cr_assert_eq(em_lines_set_binary_mode(p, EM_MAX_BINARY_DEFAULT + 1,
                                           EM_BINARY_PIECES),
                  0, "pieces have no size limit");
@@ -208,7 +209,8 @@ Test(lines, overlong_lines_fail_and_stay_failed, .timeout = TH_TIMEOUT(5))
 
 Test(lines, binary_switch_mid_chunk_and_back, .timeout = TH_TIMEOUT(5))
 {
-    const char in[] = "hello\nBIN 5\n12345after\nPCS 3\nabcdef\nRAW\nrest\nof it";
+    const char in[] =
+        "hello\nBIN 5\n12345after\nPCS 3\nabcdef\nRAW\nrest\nof it";
     fc_line_cfg c = {"\n", 1, 64, 1024, 0};
     check_lines(&c, in, sizeof(in) - 1, NULL, 0, "one chunk");
     fc_log got = {0};
@@ -290,7 +292,8 @@ Test(lines, delimiter_changed_in_callback_consumes_the_old_one,
     check_lines(&c, in2, sizeof(in2) - 1, cut, 1, "buffered line");
 }
 
-/* ---- lines: chunking ------------------------------------------------------ */
+/* ---- lines: chunking ------------------------------------------------------
+ */
 
 Test(lines, delimiter_split_at_every_offset, .timeout = TH_TIMEOUT(20))
 {
@@ -391,8 +394,8 @@ static size_t random_cuts(size_t n, size_t *cuts, size_t max)
 Test(lines, random_chunkings_agree_with_reference, .timeout = TH_TIMEOUT(60))
 {
     static const fc_line_cfg cfgs[] = {
-        {"\n", 1, 16, 64, 0},   {"\n", 1, 16, 64, 1}, {"\r\n", 2, 24, 64, 0},
-        {"XYZ", 3, 8, 30, 0},   {"|", 1, 4, 64, 0},   {"abab", 4, 20, 64, 0},
+        {"\n", 1, 16, 64, 0}, {"\n", 1, 16, 64, 1}, {"\r\n", 2, 24, 64, 0},
+        {"XYZ", 3, 8, 30, 0}, {"|", 1, 4, 64, 0},   {"abab", 4, 20, 64, 0},
     };
     rng_state = 0x9e3779b97f4a7c15ull;
     char in[2048];
@@ -470,8 +473,9 @@ Test(frames, random_chunkings_agree_with_reference, .timeout = TH_TIMEOUT(60))
     size_t cuts[4096];
     int iterations = 2000 / TH_TIMEOUT_SCALE;
     for (int it = 0; it < iterations; it++) {
-        em_frame_prefix prefix = (em_frame_prefix[]){
-            EM_PREFIX_U8, EM_PREFIX_U16, EM_PREFIX_U32, EM_PREFIX_VARINT}[it % 4];
+        em_frame_prefix prefix =
+            (em_frame_prefix[]){EM_PREFIX_U8, EM_PREFIX_U16, EM_PREFIX_U32,
+                                EM_PREFIX_VARINT}[it % 4];
         size_t lens[24];
         size_t count = rnd() % 24;
         for (size_t i = 0; i < count; i++)
@@ -545,14 +549,19 @@ Test(frames, errors, .timeout = TH_TIMEOUT(5))
     cr_assert_eq(em_frames_finish(f), -EBADMSG);
     em_frames_free(f);
     cr_assert_eq(em_frames_new(&o, count_frame, NULL, &f), 0);
-    cr_assert_eq(em_frames_feed(f, "\0\0\0\x05" "abc", 7), 0);
+    cr_assert_eq(em_frames_feed(f,
+                                "\0\0\0\x05"
+                                "abc",
+                                7),
+                 0);
     cr_assert_eq(em_frames_buffered(f), 3);
     cr_assert_eq(em_frames_finish(f), -EBADMSG);
     em_frames_free(f);
 
     /* zero copy: a frame whole in the chunk comes from the chunk */
     frames_seen = 0;
-    const char whole[] = "\0\0\0\x03" "xyz";
+    const char whole[] = "\0\0\0\x03"
+                         "xyz";
     cr_assert_eq(em_frames_new(&o, count_frame, NULL, &f), 0);
     cr_assert_eq(em_frames_feed(f, whole, 7), 0);
     cr_assert_eq(frames_seen, 1);
@@ -594,9 +603,8 @@ Test(frames, prefix_encoder_bounds, .timeout = TH_TIMEOUT(5))
     fc_log got = {0};
     unsigned char in[10];
     em_frame_prefix_encode(EM_PREFIX_VARINT, UINT64_MAX, in);
-    cr_assert_eq(fc_run_frames(EM_PREFIX_VARINT, SIZE_MAX, in, 10, NULL, 0,
-                               &got),
-                 0);
+    cr_assert_eq(
+        fc_run_frames(EM_PREFIX_VARINT, SIZE_MAX, in, 10, NULL, 0, &got), 0);
     cr_assert_eq(got.err, -EBADMSG, "a body of 2^64-1 bytes never arrives");
     fc_log_free(&got);
 }
