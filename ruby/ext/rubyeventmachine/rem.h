@@ -23,6 +23,12 @@
  * and run_machine (or release_machine) re-raises once libem has returned.
  * Native functions called by Ruby may raise freely, but only after their
  * last libem call that can run a callback has returned.
+ *
+ * One exception: a child forked inside a callback whose release_machine
+ * freed the inherited loop. The libem frames under that callback belong to
+ * a loop that no longer exists, so the child throws past them to its
+ * run_machine (or release_machine) instead of returning into them
+ * (rem_machine.c; libem's em_loop_free documents the rule for a child).
  */
 #ifndef REM_H
 #define REM_H
