@@ -68,7 +68,9 @@ int rem_call(VALUE (*fn)(VALUE), VALUE arg)
     if (rem.exc_state)
         return -1;
     int state = 0;
+    rem_write_enter();
     rb_protect(fn, arg, &state);
+    rem_write_leave();
     if (!state)
         return 0;
     VALUE err = rb_errinfo();
@@ -154,6 +156,7 @@ static VALUE t_initialize_event_machine(VALUE self)
     if (err < 0)
         rb_syserr_fail(-err, "em_loop_new");
     em_set_wait_hook(loop, wait_without_gvl, NULL);
+    rem_write_reset();
     if (accepts_per_wakeup > 0)
         em_set_accepts_per_wakeup(loop, accepts_per_wakeup);
     rem.loop = loop;

@@ -283,6 +283,8 @@ static VALUE t_open_udp_socket(VALUE self, VALUE host, VALUE port)
     int err = em_open_datagram_socket(loop, addr, p, &rem_handler, NULL, &conn);
     if (err < 0)
         rb_raise(rb_eRuntimeError, "no datagram socket");
+    /* One send_data is one datagram: never held back (rem_write.c). */
+    ((rem_conn *)em_conn_state(conn))->flags |= REM_DATAGRAM;
     return ULL2NUM(em_conn_id(conn));
 }
 
