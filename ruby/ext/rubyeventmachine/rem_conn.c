@@ -149,6 +149,7 @@ static void on_receive_data(em_conn *conn, const char *data, size_t len)
         return;
     data_call d = {rc->sig, data, len};
     rem_call(call_receive_data, (VALUE)&d);
+    rem_write_after_read(conn, len);
 }
 
 static void on_unbind(em_conn *conn, int reason)

@@ -186,7 +186,9 @@ static VALUE check_ints(VALUE unused)
  * (parked). */
 static int one_turn(void)
 {
+    rem_write_turn_begin();
     int rc = em_run_once(rem.loop, -1);
+    rem_write_turn_end(); /* the turn's send_data (rem_write.c) */
     if (rc < 0)
         rb_syserr_fail(-rc, "em_run_once"); /* re-entered: no libem frame */
     if (rem.exc_state)

@@ -1,32 +1,45 @@
 /*
- * rem_write.c - send_data's bytes leave when the Ruby callback that sent
- * them returns: everything one callback sends to a connection goes out in
- * one write, still within the same turn.
+ * rem_write.c - send_data's bytes leave at the end of the reactor turn:
+ * everything the turn's callbacks sent to a connection goes out in one
+ * write, after every event of the turn was delivered and before the next
+ * wait.
  *
- * Why: Ruby servers answer with several send_data calls (thin: the header,
- * then the body). Written one by one, the second small segment waits in
- * the kernel for the ACK of the first (Nagle's algorithm), and a client on
- * a keep-alive connection delays that ACK by up to 40 ms because it is
- * waiting for the rest of the response: thin on libem managed ~450
- * requests/s under `ab -k -c 20`. Debian's engine never writes inside
- * send_data (it queues and writes on the next turn), so it never split a
- * response. Rejected: TCP_NODELAY on every socket (a syscall and a packet
- * per send_data, and not what EventMachine programs ask for); writing on
- * the next turn as Debian's engine (latency for nothing, and send_data
- * followed by close_connection would lose the bytes again).
+ * Why not write inside send_data (libem's em_send_data would): Ruby
+ * servers answer with several send_data calls (thin: the header, then the
+ * body). Written one by one, the second small segment waits in the kernel
+ * for the ACK of the first (Nagle's algorithm), and a client on a
+ * keep-alive connection delays that ACK by up to 40 ms because it waits
+ * for the rest of the response: thin on libem managed ~450 requests/s
+ * under `ab -k -c 20`. Why not at the end of each callback (which fixes
+ * that): each write then wakes the client for one response, between two
+ * requests' Ruby work; written together at the end of the turn, the
+ * client (on loopback, on another core) is woken once for many. That
+ * cost thin a third more CPU per request than Debian's engine; batched,
+ * it takes less. Why not on the next turn, after another epoll_wait, as
+ * Debian's engine does: latency and an epoll_ctl pair per write for
+ * nothing. Rejected too: TCP_NODELAY on every socket (a syscall and a
+ * packet per send_data, and not what EventMachine programs ask for).
  *
  * How: inside a protected call into Ruby (rem_call), send_data copies into
  * a small buffer inside the connection's state (REM_PEND_MAX bytes) and
- * remembers the connection; when the call returns, every remembered
- * connection gets one em_send_data. Data that does not fit
- * goes out at once, behind what is buffered, in one writev. Any other
- * native function given the connection's signature (close_connection,
- * start_tls, get_outbound_data_size, ...) writes the buffer first
- * (rem_conn_of), so the order of bytes and the meaning of every call are
- * what they were. Outside a callback (a trap handler, another thread while
- * the reactor sleeps) and on datagram sockets (one send_data is one
- * datagram) send_data writes at once, as before. A child forked inside a
- * callback drops what its parent held (the parent writes it).
+ * remembers the connection; run_machine's turn ends with rem_write_turn_end,
+ * which gives every remembered connection one em_send_data (a call into
+ * Ruby outside a turn flushes when it returns). Data that does not fit
+ * goes out at once, behind what is held, in one writev. Any other native
+ * function given the connection's signature (close_connection, start_tls,
+ * get_outbound_data_size, ...) writes what is held first (rem_conn_of), so
+ * the order of bytes and the meaning of every call stay as they were.
+ * Written at once, as before: send_data outside a callback (a trap
+ * handler, another thread while the reactor sleeps), on datagram sockets
+ * (one send_data is one datagram) and on both ends of a proxy (libem
+ * relays into them during the turn). A receive_data of a large chunk
+ * flushes its connection when it returns, because libem reads that
+ * connection again at once and may find the peer's FIN, which closes it
+ * after libem's own queue: what is held must be in that queue by then. A
+ * FIN read first in an event drops what other callbacks of the same turn
+ * held for that connection, as Debian's engine drops its whole queue at a
+ * FIN. A child forked inside a callback drops what its parent held (the
+ * parent writes it).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -37,8 +50,9 @@
 #include "rem.h"
 
 static int depth;       /* nesting of rem_call */
+static int in_turn;     /* inside run_machine's em_run_once */
 static int discard;     /* a forked child: held bytes are the parent's */
-static uint64_t *dirty; /* signatures with buffered bytes, in order */
+static uint64_t *dirty; /* signatures with held bytes, in order */
 static size_t ndirty, dirty_cap;
 
 void rem_write_enter(void)
@@ -46,14 +60,29 @@ void rem_write_enter(void)
     depth++;
 }
 
-/* Flushes at every return, not only the outermost: a child forked inside
- * a callback (fork_reactor) runs its whole reactor nested in the parent's
- * frames, and its writes must still leave. */
 void rem_write_leave(void)
 {
     if (depth > 0)
         depth--;
+    if (depth == 0 && !in_turn)
+        rem_write_flush_all();
+}
+
+void rem_write_turn_begin(void)
+{
+    in_turn = 1;
+}
+
+void rem_write_turn_end(void)
+{
+    in_turn = 0;
     rem_write_flush_all();
+}
+
+void rem_write_after_read(em_conn *conn, size_t len)
+{
+    if (len >= REM_FLUSH_READ)
+        rem_write_flush(conn);
 }
 
 /* A child forked while bytes were held must never write them: the parent
@@ -69,9 +98,10 @@ void rem_write_reset(void)
     static int registered;
     if (!registered && pthread_atfork(NULL, NULL, forked_child) == 0)
         registered = 1;
-    /* A new machine starts outside any callback, also in such a child;
-     * the old machine's connections are out of reach from here on. */
+    /* A new machine starts outside any callback and turn, also in such a
+     * child; the old machine's connections are out of reach from here. */
     depth = 0;
+    in_turn = 0;
     ndirty = 0;
     discard = 0;
 }
@@ -120,7 +150,7 @@ static int remember(uint64_t sig)
 int rem_write(em_conn *conn, const char *data, size_t len)
 {
     rem_conn *rc = em_conn_state(conn);
-    if (depth == 0 || !rc || (rc->flags & REM_DATAGRAM)) {
+    if (depth == 0 || !rc || (rc->flags & REM_WRITE_AT_ONCE)) {
         rem_write_flush(conn);
         return em_send_data(conn, data, len);
     }
@@ -130,7 +160,7 @@ int rem_write(em_conn *conn, const char *data, size_t len)
     if (err < 0 || len == 0)
         return err;
     if (rc->pend_len + len > REM_PEND_MAX) {
-        /* Too big to buffer: what is buffered and this, in one writev. */
+        /* Too big to hold: what is held and this, in one writev. */
         struct iovec iov[2] = {{rc->pend, rc->pend_len}, {(void *)data, len}};
         int first = rc->pend_len ? 0 : 1;
         rc->pend_len = 0;
