@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # results.sh - regenerates bench/RESULTS.md (and bench/ratios.png) in one go.
 #
-#   bench/results.sh [--quick] [--bench-dir DIR] [--tls-only] [-- run.sh options]
+#   bench/results.sh [--quick] [--bench-dir DIR] [--tls-only | --ruby-only]
+#                    [-- run.sh options]
 #
 # Runs the echo comparison (bench/run.sh), the micro-benchmarks
 # (bench/micro.sh), the TLS comparison with nginx (bench/tls_run.sh), the
-# zero-copy stream paths (bench/stream_run.sh) and UDP echo against libuv
-# (bench/udp_run.sh) on
+# zero-copy stream paths (bench/stream_run.sh), UDP echo against libuv
+# (bench/udp_run.sh) and the Ruby engine against Debian's
+# (bench/ruby_run.sh) on
 # this machine and writes what a reader needs to judge the numbers: the
 # machine (CPU, cores, kernel, library versions), the exact commands, the
 # tables and the chart. `make bench` calls it; the committed RESULTS.md is
 # the last full run, so anyone can compare against it. --tls-only runs just
 # tls_run.sh and replaces the "## TLS" section of the existing RESULTS.md
-# (appending it when there is none), leaving everything else as it was.
+# (appending it when there is none), leaving everything else as it was;
+# --ruby-only does the same with ruby_run.sh and the "## Ruby engine"
+# section.
 
 set -euo pipefail
 
@@ -20,6 +24,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH_DIR="$SCRIPT_DIR/../build-bench/bench"
 QUICK=""
 TLS_ONLY=no
+RUBY_ONLY=no
 RUN_ARGS=()
 
 while [ $# -gt 0 ]; do
@@ -27,6 +32,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=--quick ;;
     --bench-dir) BENCH_DIR=$2; shift ;;
     --tls-only) TLS_ONLY=yes ;;
+    --ruby-only) RUBY_ONLY=yes ;;
     --) shift; RUN_ARGS=("$@"); break ;;
     *) echo "results.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -62,6 +68,7 @@ tls_cmd=(bash "$SCRIPT_DIR/tls_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 stream_cmd=(bash "$SCRIPT_DIR/stream_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 udp_cmd=(bash "$SCRIPT_DIR/udp_run.sh" --bench-dir "$BENCH_DIR" --rounds 5
          --duration 2 --sizes "64 1024" --load "8x32")
+ruby_cmd=(bash "$SCRIPT_DIR/ruby_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 
 # The "## TLS" section: its heading, the command and tls_run.sh's tables.
 # A failed TLS run leaves a note instead of stopping the whole report.
@@ -74,19 +81,33 @@ tls_section()
     "${tls_cmd[@]}" || echo "(tls_run.sh failed: see $BENCH_DIR/tls_run.log)"
 }
 
-# Replaces the "## TLS" section of RESULTS.md (up to the next "## "
-# heading) with the file $1, or appends it when there is none.
-splice_tls_section()
+# The "## Ruby engine" section: ruby_run.sh's tables, or a note.
+ruby_section()
 {
-    local new=$1 file="$SCRIPT_DIR/RESULTS.md"
+    echo "## Ruby engine: libem's rubyeventmachine against Debian's"
+    echo
+    echo "The same Ruby programs on both engines (docs/ruby.md): an EventMachine"
+    echo "echo server and thin serving a hello-world Rack app."
+    echo
+    echo "Command: \`${ruby_cmd[*]#"$SCRIPT_DIR/"}\`"
+    echo
+    "${ruby_cmd[@]}" || echo "(ruby_run.sh failed: see $BENCH_DIR/ruby_run.log)"
+}
+
+# Replaces the section of RESULTS.md whose heading starts with $1 (up to
+# the next "## " heading) with the file $2, or appends it when there is
+# none.
+splice_section()
+{
+    local heading=$1 new=$2 file="$SCRIPT_DIR/RESULTS.md"
     [ -f "$file" ] || : >"$file"
-    awk -v new="$new" '
+    awk -v heading="$heading" -v new="$new" '
         function put(   line) {
             while ((getline line < new) > 0) print line
             close(new); done = 1
         }
-        /^## TLS/ { put(); skip = 1; next }
-        skip && /^## / { skip = 0 }
+        index($0, heading) == 1 { put(); skip = 1; next }
+        skip && /^## / { skip = 0; print ""; }
         !skip { print }
         END { if (!done) { print ""; put() } }' "$file" >"$out"
     mv "$out" "$SCRIPT_DIR/RESULTS.md"
@@ -94,9 +115,16 @@ splice_tls_section()
 
 if [ "$TLS_ONLY" = yes ]; then
     tls_section >"$out.tls"
-    splice_tls_section "$out.tls"
+    splice_section "## TLS" "$out.tls"
     rm -f "$out.tls"
     echo "wrote the TLS section of $SCRIPT_DIR/RESULTS.md"
+    exit 0
+fi
+if [ "$RUBY_ONLY" = yes ]; then
+    ruby_section >"$out.ruby"
+    splice_section "## Ruby engine" "$out.ruby"
+    rm -f "$out.ruby"
+    echo "wrote the Ruby engine section of $SCRIPT_DIR/RESULTS.md"
     exit 0
 fi
 
@@ -104,7 +132,8 @@ fi
     echo "# Benchmark results"
     echo
     echo "Regenerate with \`make bench\` (full) or \`make bench BENCH_ARGS=--quick\`;"
-    echo "only the TLS section with \`bench/results.sh --tls-only\`."
+    echo "only the TLS section with \`bench/results.sh --tls-only\`, only the Ruby"
+    echo "engine's with \`bench/results.sh --ruby-only\`."
     echo "Ratios are computed within a round (servers run back to back, pinned: server on"
     echo "CPU 0, load client on CPU 1) and reported as the median over rounds with the"
     echo "min..max range. \"cpu\" is the server's CPU time per echoed message (user +"
@@ -142,6 +171,8 @@ fi
     echo "Command: \`${udp_cmd[*]#"$SCRIPT_DIR/"}\` (details: UDP_RESULTS.md)"
     echo
     "${udp_cmd[@]}" || echo "(udp_run.sh failed)"
+    echo
+    ruby_section
 } >"$out"
 mv "$out" "$SCRIPT_DIR/RESULTS.md"
 echo "wrote $SCRIPT_DIR/RESULTS.md"
