@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # results.sh - regenerates bench/RESULTS.md (and bench/ratios.png) in one go.
 #
-#   bench/results.sh [--quick] [--bench-dir DIR] [--tls-only | --http-only]
+#   bench/results.sh [--quick] [--bench-dir DIR]
+#                    [--tls-only | --http-only | --ruby-only]
 #                    [-- run.sh options]
 #
 # Runs the echo comparison (bench/run.sh), the micro-benchmarks
 # (bench/micro.sh), the TLS comparison with nginx (bench/tls_run.sh), the
-# zero-copy stream paths (bench/stream_run.sh) and UDP echo against libuv
-# (bench/udp_run.sh) and HTTP hello servers against evhttp and nginx
-# (bench/http_run.sh) on this machine and writes what a reader needs to judge the numbers: the
+# zero-copy stream paths (bench/stream_run.sh), UDP echo against libuv
+# (bench/udp_run.sh), HTTP hello servers against evhttp and nginx
+# (bench/http_run.sh) and the Ruby engine against Debian's
+# (bench/ruby_run.sh) on this machine and writes what a reader needs to
+# judge the numbers: the
 # machine (CPU, cores, kernel, library versions), the exact commands, the
 # tables and the chart. `make bench` calls it; the committed RESULTS.md is
 # the last full run, so anyone can compare against it. --tls-only runs just
 # tls_run.sh and replaces the "## TLS" section of the existing RESULTS.md
 # (appending it when there is none), leaving everything else as it was;
-# --http-only does the same with http_run.sh and the "## HTTP" section.
+# --http-only and --ruby-only do the same with http_run.sh and the
+# "## HTTP" section, ruby_run.sh and the "## Ruby engine" section.
 
 set -euo pipefail
 
@@ -23,6 +27,7 @@ BENCH_DIR="$SCRIPT_DIR/../build-bench/bench"
 QUICK=""
 TLS_ONLY=no
 HTTP_ONLY=no
+RUBY_ONLY=no
 RUN_ARGS=()
 
 while [ $# -gt 0 ]; do
@@ -31,6 +36,7 @@ while [ $# -gt 0 ]; do
     --bench-dir) BENCH_DIR=$2; shift ;;
     --tls-only) TLS_ONLY=yes ;;
     --http-only) HTTP_ONLY=yes ;;
+    --ruby-only) RUBY_ONLY=yes ;;
     --) shift; RUN_ARGS=("$@"); break ;;
     *) echo "results.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -67,6 +73,7 @@ stream_cmd=(bash "$SCRIPT_DIR/stream_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 http_cmd=(bash "$SCRIPT_DIR/http_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 udp_cmd=(bash "$SCRIPT_DIR/udp_run.sh" --bench-dir "$BENCH_DIR" --rounds 5
          --duration 2 --sizes "64 1024" --load "8x32")
+ruby_cmd=(bash "$SCRIPT_DIR/ruby_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 
 # The "## TLS" section: its heading, the command and tls_run.sh's tables.
 # A failed TLS run leaves a note instead of stopping the whole report.
@@ -89,20 +96,33 @@ http_section()
     "${http_cmd[@]}" || echo "(http_run.sh failed: see $BENCH_DIR/http_run.log)"
 }
 
-# Replaces the section of RESULTS.md whose heading starts with $2 (default
-# "## TLS"; up to the next "## " heading) with the file $1, or appends it
-# when there is none.
-splice_tls_section()
+# The "## Ruby engine" section: ruby_run.sh's tables, or a note.
+ruby_section()
 {
-    local new=$1 file="$SCRIPT_DIR/RESULTS.md" heading=${2:-"## TLS"}
+    echo "## Ruby engine: libem's rubyeventmachine against Debian's"
+    echo
+    echo "The same Ruby programs on both engines (docs/ruby.md): an EventMachine"
+    echo "echo server and thin serving a hello-world Rack app."
+    echo
+    echo "Command: \`${ruby_cmd[*]#"$SCRIPT_DIR/"}\`"
+    echo
+    "${ruby_cmd[@]}" || echo "(ruby_run.sh failed: see $BENCH_DIR/ruby_run.log)"
+}
+
+# Replaces the section of RESULTS.md whose heading starts with $1 (up to
+# the next "## " heading) with the file $2, or appends it when there is
+# none.
+splice_section()
+{
+    local heading=$1 new=$2 file="$SCRIPT_DIR/RESULTS.md"
     [ -f "$file" ] || : >"$file"
-    awk -v new="$new" -v heading="$heading" '
+    awk -v heading="$heading" -v new="$new" '
         function put(   line) {
             while ((getline line < new) > 0) print line
             close(new); done = 1
         }
         index($0, heading) == 1 { put(); skip = 1; next }
-        skip && /^## / { skip = 0 }
+        skip && /^## / { skip = 0; print ""; }
         !skip { print }
         END { if (!done) { print ""; put() } }' "$file" >"$out"
     mv "$out" "$SCRIPT_DIR/RESULTS.md"
@@ -110,16 +130,23 @@ splice_tls_section()
 
 if [ "$TLS_ONLY" = yes ]; then
     tls_section >"$out.tls"
-    splice_tls_section "$out.tls"
+    splice_section "## TLS" "$out.tls"
     rm -f "$out.tls"
     echo "wrote the TLS section of $SCRIPT_DIR/RESULTS.md"
     exit 0
 fi
 if [ "$HTTP_ONLY" = yes ]; then
     http_section >"$out.http"
-    splice_tls_section "$out.http" "## HTTP"
+    splice_section "## HTTP" "$out.http"
     rm -f "$out.http"
     echo "wrote the HTTP section of $SCRIPT_DIR/RESULTS.md"
+    exit 0
+fi
+if [ "$RUBY_ONLY" = yes ]; then
+    ruby_section >"$out.ruby"
+    splice_section "## Ruby engine" "$out.ruby"
+    rm -f "$out.ruby"
+    echo "wrote the Ruby engine section of $SCRIPT_DIR/RESULTS.md"
     exit 0
 fi
 
@@ -127,7 +154,8 @@ fi
     echo "# Benchmark results"
     echo
     echo "Regenerate with \`make bench\` (full) or \`make bench BENCH_ARGS=--quick\`;"
-    echo "only the TLS section with \`bench/results.sh --tls-only\`."
+    echo "only the TLS section with \`bench/results.sh --tls-only\`, only HTTP's with"
+    echo "\`--http-only\`, only the Ruby engine's with \`--ruby-only\`."
     echo "Ratios are computed within a round (servers run back to back, pinned: server on"
     echo "CPU 0, load client on CPU 1) and reported as the median over rounds with the"
     echo "min..max range. \"cpu\" is the server's CPU time per echoed message (user +"
@@ -167,6 +195,8 @@ fi
     "${udp_cmd[@]}" || echo "(udp_run.sh failed)"
     echo
     http_section
+    echo
+    ruby_section
 } >"$out"
 mv "$out" "$SCRIPT_DIR/RESULTS.md"
 echo "wrote $SCRIPT_DIR/RESULTS.md"

@@ -2,7 +2,11 @@
 # extension built on libem (ruby/ext/rubyeventmachine, by its extconf.rb,
 # which compiles libem's sources in), and its tests (ruby/test), run on
 # this engine (ctest `ruby_engine`) and on Debian's own engine when
-# ruby-eventmachine is installed (`ruby_reference`). See docs/ruby.md.
+# ruby-eventmachine is installed (`ruby_reference`), real programs (thin,
+# em-http-request, em-websocket) on both (`ruby_thin`,
+# `ruby_thin_reference`), and the gem
+# (ruby/libem.gemspec) built, installed and run (`ruby_gem`). See
+# docs/ruby.md.
 #
 # Output: ${CMAKE_BINARY_DIR}/ruby/rubyeventmachine.so, which
 # ruby/lib/libem/eventmachine.rb finds in build*/ruby by itself.
@@ -92,5 +96,32 @@ if(EM_BUILD_RUBY)
         else()
             message(STATUS "ruby-eventmachine not installed: no ruby_reference test")
         endif()
+        # Real programs from Debian on each engine: thin under ab, an
+        # em-http-request client, an em-websocket server (real_programs.rb;
+        # skipped when thin, ab or the libraries are missing).
+        add_test(NAME ruby_thin
+            COMMAND "${EM_RUBY_EXECUTABLE}"
+                    "${CMAKE_CURRENT_SOURCE_DIR}/ruby/test/real_programs.rb" libem)
+        set_tests_properties(ruby_thin PROPERTIES
+            ENVIRONMENT "LIBEM_RUBY_EXT=${_em_ruby_dir}" TIMEOUT 300
+            SKIP_RETURN_CODE 77)
+        if(_em_ruby_ref_rc EQUAL 0)
+            add_test(NAME ruby_thin_reference
+                COMMAND "${EM_RUBY_EXECUTABLE}"
+                        "${CMAKE_CURRENT_SOURCE_DIR}/ruby/test/real_programs.rb"
+                        reference)
+            set_tests_properties(ruby_thin_reference PROPERTIES
+                TIMEOUT 300 SKIP_RETURN_CODE 77)
+        endif()
+        # The gem end to end: gem build, gem install --local into a
+        # temporary GEM_HOME (from its bundled sources, then against this
+        # build's libem installed in a temporary prefix), an unchanged
+        # program run with -rlibem/eventmachine. Skipped without `gem`.
+        add_test(NAME ruby_gem
+            COMMAND "${EM_RUBY_EXECUTABLE}"
+                    "${CMAKE_CURRENT_SOURCE_DIR}/ruby/test/gem_test.rb"
+                    "${CMAKE_CURRENT_SOURCE_DIR}" "${CMAKE_BINARY_DIR}")
+        set_tests_properties(ruby_gem PROPERTIES
+            TIMEOUT 300 SKIP_RETURN_CODE 77)
     endif()
 endif()

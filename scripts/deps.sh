@@ -6,8 +6,12 @@
 #                                nginx-light (TLS interop tests), ruby
 #                                ruby-dev ruby-eventmachine ruby-test-unit
 #                                (the Ruby engine, its tests and the
-#                                reference engine they also run on)
+#                                reference engine they also run on), thin
+#                                ruby-rack ruby-em-http-request
+#                                ruby-em-websocket apache2-utils (real
+#                                programs on it, driven by ab)
 #   scripts/deps.sh --bench      also what bench/ compares against and uses
+#                                (wrk for the thin benchmark)
 #   scripts/deps.sh --valgrind   also valgrind
 #   scripts/deps.sh --fuzz       also clang (libFuzzer for make fuzz)
 #
@@ -17,7 +21,8 @@
 set -euo pipefail
 
 packages=(cmake gcc make pkg-config libcriterion-dev libssl-dev openssl
-          nginx-light ruby ruby-dev ruby-eventmachine ruby-test-unit)
+          nginx-light ruby ruby-dev ruby-eventmachine ruby-test-unit
+          thin ruby-rack ruby-em-http-request ruby-em-websocket apache2-utils)
 
 for arg in "$@"; do
     case "$arg" in
@@ -32,7 +37,7 @@ for arg in "$@"; do
         packages+=(clang)
         ;;
     -h | --help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)

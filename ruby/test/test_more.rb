@@ -75,6 +75,26 @@ class TestMore < EngineTest
     assert_equal [[:server, "hello", "127.0.0.1"], [:client, "HELLO"]], got
   end
 
+  # Every send_data on a datagram socket is one datagram, also when a
+  # callback sends several.
+  def test_udp_send_data_twice_in_a_callback_makes_two_datagrams
+    got = []
+    run_em do
+      server = EM.open_datagram_socket("127.0.0.1", 0, Module.new do
+        define_method(:receive_data) do |_d|
+          send_data("first")
+          send_data("second")
+        end
+      end)
+      port = Socket.unpack_sockaddr_in(server.get_sockname)[0]
+      client = EM.open_datagram_socket("127.0.0.1", 0, Module.new do
+        define_method(:receive_data) { |d| got << d; EM.stop if got.size == 2 }
+      end)
+      client.send_datagram("go", "127.0.0.1", port)
+    end
+    assert_equal %w[first second], got
+  end
+
   def test_udp_bad_host
     run_em do
       e = assert_raise(RuntimeError) do

@@ -332,4 +332,30 @@ class TestReactor < EngineTest
     assert_equal "child ran", rd.read
     assert_true $?.success?
   end
+
+  # A child forked inside a callback after send_data must not send the
+  # parent's bytes a second time (libem holds them until the callback
+  # returns: rem_write.c). Debian's engine closes the inherited connections
+  # in the child, which can end the peer's stream before the reply: ""
+  # is EventMachine's behaviour too, "replyreply" never is.
+  def test_fork_inside_a_callback_sends_held_bytes_once
+    got = +""
+    pid = nil
+    run_em do
+      _sig, port = server(Module.new do
+        define_method(:receive_data) do |_d|
+          send_data("reply")
+          pid = EM.fork_reactor { EM.add_timer(0.01) { EM.stop } }
+          EM.add_timer(0.2) { close_connection_after_writing }
+        end
+      end)
+      EM.connect("127.0.0.1", port, Module.new do
+        define_method(:connection_completed) { send_data("go") }
+        define_method(:receive_data) { |d| got << d }
+        define_method(:unbind) { |_r = nil| EM.stop }
+      end)
+    end
+    Process.wait(pid)
+    assert_include ["reply", ""], got
+  end
 end

@@ -9,6 +9,8 @@
  *                  per-connection functions, Connection's native methods
  *   rem_more.c     descriptors, processes, datagrams, file watches, proxies
  *   rem_tls.c      set_tls_parms, start_tls, verification, TLS getters
+ *   rem_write.c    send_data: a turn's writes to a connection leave in one
+ *                  write at the end of the turn
  *   rem_init.c     Init_rubyeventmachine: classes, constants, functions
  *
  * EventMachine's engine is a process-wide singleton (its Ruby layer keeps
@@ -119,6 +121,14 @@ em_conn *rem_conn_of(VALUE sig);
 /* The handler of every connection Ruby sees (rem_conn.c). */
 extern const em_handler rem_handler;
 
+/* What a turn's send_data calls may hold back per connection (a response
+ * header and a small body); more is written at once. */
+#define REM_PEND_MAX 512
+/* A receive_data chunk this long may be followed at once by another read
+ * of the same connection (libem reads again after filling its 64 KiB
+ * buffer): what is held is written first (rem_write.c). */
+#define REM_FLUSH_READ 16384
+
 /* Per-connection state (em_conn_state of rem_handler's connections). */
 typedef struct rem_conn {
     uint64_t sig;   /* em_conn_id at post_init */
@@ -127,12 +137,32 @@ typedef struct rem_conn {
     struct rem_tls_parms *tls_parms; /* set_tls_parms until start_tls */
     uint32_t verify_asked;           /* ssl_verify_peer answered, by depth */
     uint32_t verify_accepted;
+    uint32_t pend_len;       /* send_data bytes held until the end of */
+    char pend[REM_PEND_MAX]; /* the turn (rem_write.c) */
 } rem_conn;
 
 enum {
     REM_KNOWN = 1u << 0,         /* Ruby has (or is making) its object */
     REM_CLOSE_COUNTED = 1u << 1, /* counted in rem.close_scheduled */
+    REM_WRITE_AT_ONCE = 1u << 2, /* datagram, proxy end (rem_write.c) */
 };
+
+/* send_data's writes (rem_write.c). rem_call brackets every call into Ruby
+ * with enter/leave, run_machine's turns call turn_begin/turn_end; held
+ * bytes are written at the end of the turn (or when a call outside a turn
+ * returns). rem_write returns as em_send_data; rem_write_flush writes what
+ * conn holds (rem_conn_of does, for every other per-connection function);
+ * rem_write_after_read flushes conn after a receive_data of len bytes when
+ * libem may read it again at once; rem_write_reset starts a new machine. */
+void rem_write_enter(void);
+void rem_write_leave(void);
+void rem_write_turn_begin(void);
+void rem_write_turn_end(void);
+void rem_write_reset(void);
+int rem_write(em_conn *conn, const char *data, size_t len);
+void rem_write_flush(em_conn *conn);
+void rem_write_flush_all(void);
+void rem_write_after_read(em_conn *conn, size_t len);
 
 /* @conns[sig], or EM::ConnectionNotBound (inside rem_call only). */
 VALUE rem_conn_object(uint64_t sig);

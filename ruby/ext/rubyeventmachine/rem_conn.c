@@ -39,7 +39,7 @@
 static em_conn *unbinding;
 static uint64_t unbinding_sig;
 
-em_conn *rem_conn_of(VALUE sig)
+static em_conn *lookup(VALUE sig)
 {
     if (!rem.loop || !RB_INTEGER_TYPE_P(sig))
         return NULL;
@@ -49,6 +49,15 @@ em_conn *rem_conn_of(VALUE sig)
     em_conn *conn = em_conn_lookup(rem.loop, s);
     if (conn && em_conn_state(conn) == NULL)
         return NULL; /* not one of ours */
+    return conn;
+}
+
+em_conn *rem_conn_of(VALUE sig)
+{
+    em_conn *conn = lookup(sig);
+    /* What send_data held back goes first (rem_write.c). */
+    if (conn)
+        rem_write_flush(conn);
     return conn;
 }
 
@@ -140,6 +149,7 @@ static void on_receive_data(em_conn *conn, const char *data, size_t len)
         return;
     data_call d = {rc->sig, data, len};
     rem_call(call_receive_data, (VALUE)&d);
+    rem_write_after_read(conn, len);
 }
 
 static void on_unbind(em_conn *conn, int reason)
@@ -420,11 +430,11 @@ static VALUE t_send_data(VALUE self, VALUE sig, VALUE data, VALUE length)
     long len = NUM2LONG(length);
     if (len < 0 || len > RSTRING_LEN(data))
         len = RSTRING_LEN(data); /* never read past the string */
-    em_conn *conn = rem_conn_of(sig);
+    em_conn *conn = lookup(sig);
     if (!conn)
         return INT2FIX(-1);
     /* EventMachine returns the length taken, 0 once closing. */
-    if (em_send_data(conn, p, (size_t)len) < 0)
+    if (rem_write(conn, p, (size_t)len) < 0)
         return INT2FIX(0);
     return LONG2NUM(len);
 }

@@ -100,9 +100,11 @@ int rem_call(VALUE (*fn)(VALUE), VALUE arg)
         return -1;
     VALUE tag = machine_tag;
     int state = 0;
+    rem_write_enter();
     rb_protect(fn, arg, &state);
     if (tag == released_tag && !NIL_P(tag))
         leave_released_machine(tag, state);
+    rem_write_leave(); /* not for a released machine: its connections are gone */
     if (!state)
         return 0;
     VALUE err = rb_errinfo();
@@ -190,6 +192,7 @@ static VALUE t_initialize_event_machine(VALUE self)
     if (err < 0)
         rb_syserr_fail(-err, "em_loop_new");
     em_set_wait_hook(loop, wait_without_gvl, NULL);
+    rem_write_reset();
     if (accepts_per_wakeup > 0)
         em_set_accepts_per_wakeup(loop, accepts_per_wakeup);
     rem.loop = loop;
@@ -220,7 +223,9 @@ static VALUE check_ints(VALUE unused)
  * (parked). */
 static int one_turn(void)
 {
+    rem_write_turn_begin();
     int rc = em_run_once(rem.loop, -1);
+    rem_write_turn_end(); /* the turn's send_data (rem_write.c) */
     if (rc < 0)
         rb_syserr_fail(-rc, "em_run_once"); /* re-entered: no libem frame */
     if (rem.exc_state)

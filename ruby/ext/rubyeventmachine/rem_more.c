@@ -283,6 +283,8 @@ static VALUE t_open_udp_socket(VALUE self, VALUE host, VALUE port)
     int err = em_open_datagram_socket(loop, addr, p, &rem_handler, NULL, &conn);
     if (err < 0)
         rb_raise(rb_eRuntimeError, "no datagram socket");
+    /* One send_data is one datagram: never held back (rem_write.c). */
+    ((rem_conn *)em_conn_state(conn))->flags |= REM_WRITE_AT_ONCE;
     return ULL2NUM(em_conn_id(conn));
 }
 
@@ -429,6 +431,10 @@ static VALUE t_start_proxy(VALUE self, VALUE from, VALUE to, VALUE bufsize,
                                    l > 0 ? (size_t)l : 0);
     if (err < 0)
         rb_raise(rb_eRuntimeError, "start_proxy: %s", strerror(-err));
+    /* libem relays into them during the turn: Ruby's bytes must not wait
+     * for its end (rem_write.c). */
+    ((rem_conn *)em_conn_state(f))->flags |= REM_WRITE_AT_ONCE;
+    ((rem_conn *)em_conn_state(t))->flags |= REM_WRITE_AT_ONCE;
     return Qnil;
 }
 

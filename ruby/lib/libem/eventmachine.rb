@@ -12,8 +12,9 @@
 
 module LibEM
   # Where the extension is: $LIBEM_RUBY_EXT (the .so or its directory),
-  # next to this file (an installed gem), or a build tree of the repository
-  # this file lives in (build*/ruby/).
+  # next to this file (an installed gem), a build tree of the repository
+  # this file lives in (build*/ruby/), or libem/rubyeventmachine.so on the
+  # load path (a gem whose extension stays in its extension directory).
   def self.engine_path
     candidates = []
     if (env = ENV["LIBEM_RUBY_EXT"]) && !env.empty?
@@ -23,6 +24,9 @@ module LibEM
     root = File.expand_path("../../..", __dir__)
     candidates << File.join(root, "build", "ruby", "rubyeventmachine.so")
     candidates.concat(Dir[File.join(root, "build*", "ruby", "rubyeventmachine.so")].sort)
+    $LOAD_PATH.each do |dir|
+      candidates << File.join(dir.to_s, "libem", "rubyeventmachine.so")
+    end
     found = candidates.find { |path| File.file?(path) }
     return File.expand_path(found) if found
 
