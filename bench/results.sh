@@ -74,6 +74,8 @@ http_cmd=(bash "$SCRIPT_DIR/http_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
 udp_cmd=(bash "$SCRIPT_DIR/udp_run.sh" --bench-dir "$BENCH_DIR" --rounds 5
          --duration 2 --sizes "64 1024" --load "8x32")
 ruby_cmd=(bash "$SCRIPT_DIR/ruby_run.sh" --bench-dir "$BENCH_DIR" $QUICK)
+backport_cmd=(bash "$SCRIPT_DIR/ruby_backport_echo.sh" --rounds 5 --duration 3
+              --engine libem)
 
 # The "## TLS" section: its heading, the command and tls_run.sh's tables.
 # A failed TLS run leaves a note instead of stopping the whole report.
@@ -197,6 +199,12 @@ fi
     http_section
     echo
     ruby_section
+    echo
+    echo "## Ruby Backport library: the seed's echo adapter against the same adapter on EventMachine's API"
+    echo
+    echo "Command: \`${backport_cmd[*]#"$SCRIPT_DIR/"}\`"
+    echo
+    "${backport_cmd[@]}" || echo "(ruby_backport_echo.sh failed)"
 } >"$out"
 mv "$out" "$SCRIPT_DIR/RESULTS.md"
 echo "wrote $SCRIPT_DIR/RESULTS.md"
