@@ -336,6 +336,15 @@ static int can_write_now(const em_conn *conn)
            !conn->out.head;
 }
 
+void em__conn_reading_changed(em_conn *conn)
+{
+    em__conn_update_interest(conn);
+    if (conn->tls)
+        em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
+    if (conn->framer)
+        em__framer_wake(conn); /* input held since the pause */
+}
+
 void em__conn_uncork(em_conn *conn)
 {
     conn->flags &= ~EM__CONN_CORKED;
@@ -394,6 +403,27 @@ int em_send_data(em_conn *conn, const void *data, size_t len)
     return 0;
 }
 
+/* A datagram is one message: its pieces are gathered first, on the stack
+ * when small (a line and its newline, a prefix and its frame). */
+static int send_gathered(em_conn *conn, const struct iovec *iov, int count,
+                         size_t total)
+{
+    char small[2048];
+    char *msg = total <= sizeof(small) ? small : malloc(total);
+    if (!msg)
+        return -ENOMEM;
+    size_t at = 0;
+    for (int i = 0; i < count; i++) {
+        if (iov[i].iov_len)
+            memcpy(msg + at, iov[i].iov_base, iov[i].iov_len);
+        at += iov[i].iov_len;
+    }
+    int err = em_send_data(conn, msg, total);
+    if (msg != small)
+        free(msg);
+    return err;
+}
+
 /* em_send_data for several pieces: one writev when the queue is empty, so
  * a header and a body (a frame prefix and its frame) leave together. */
 int em_send_datav(em_conn *conn, const struct iovec *iov, int count)
@@ -408,24 +438,11 @@ int em_send_datav(em_conn *conn, const struct iovec *iov, int count)
             return -EINVAL;
         total += iov[i].iov_len;
     }
-    if (count == 1 || (conn->flags & EM__SEND_REFUSED) == EM__CONN_DATAGRAM) {
-        if (count <= 1)
-            return em_send_data(conn, count ? iov[0].iov_base : NULL,
-                                count ? iov[0].iov_len : 0);
-        /* a datagram is one message: gather it */
-        char *msg = malloc(total ? total : 1);
-        if (!msg)
-            return -ENOMEM;
-        size_t at = 0;
-        for (int i = 0; i < count; i++) {
-            if (iov[i].iov_len)
-                memcpy(msg + at, iov[i].iov_base, iov[i].iov_len);
-            at += iov[i].iov_len;
-        }
-        int err = em_send_data(conn, msg, total);
-        free(msg);
-        return err;
-    }
+    if (count <= 1)
+        return em_send_data(conn, count ? iov[0].iov_base : NULL,
+                            count ? iov[0].iov_len : 0);
+    if ((conn->flags & EM__SEND_REFUSED) == EM__CONN_DATAGRAM)
+        return send_gathered(conn, iov, count, total);
     if (conn->flags & EM__SEND_REFUSED)
         return em__conn_send_refusal(conn);
     if (total == 0)
@@ -617,13 +634,9 @@ int em_resume(em_conn *conn)
     if (conn->flags & (EM__CONN_CLOSING | EM__CONN_IN_UNBIND))
         return -ENOTCONN;
     conn->flags &= ~EM__CONN_PAUSED;
-    em__conn_update_interest(conn);
-    if (conn->tls)
-        em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
+    em__conn_reading_changed(conn);
     if (conn->flags & EM__CONN_DATAGRAM)
         em__dgram_resume(conn); /* datagrams read before the pause */
-    if (conn->framer)
-        em__framer_wake(conn); /* input held since the pause */
     return 0;
 }
 

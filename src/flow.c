@@ -28,13 +28,8 @@ em__relay *em__relay_get(em_conn *conn)
 
 static void reading_changed(em_conn *conn)
 {
-    if (em__conn_is_gone(conn))
-        return;
-    em__conn_update_interest(conn);
-    if (conn->tls)
-        em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
-    if (conn->framer)
-        em__framer_wake(conn); /* input held since the pause */
+    if (!em__conn_is_gone(conn))
+        em__conn_reading_changed(conn);
 }
 
 void em__flow_set_throttled(em_conn *conn, int on)

@@ -138,9 +138,10 @@ static void set_held_flag(em_conn *conn, int on)
         conn->flags &= ~EM__CONN_FRAMER_HELD;
     if (conn->flags & EM__CONN_CLOSING)
         return;
-    em__conn_update_interest(conn);
-    if (!on && conn->tls)
-        em__tls_schedule(conn); /* plaintext may wait inside OpenSSL */
+    if (on)
+        em__conn_update_interest(conn);
+    else
+        em__conn_reading_changed(conn);
 }
 
 /* Makes f conn's framer. Input the old framer held moves to f (parsed
@@ -313,15 +314,22 @@ static void after_parse(em__framer *f, const char *rest, size_t n,
     set_held_flag(conn, 1);
 }
 
-void em__framer_feed(em_conn *conn, const char *data, size_t len)
+/* Parses data (f->held itself when from_held) and settles the rest; f may
+ * be gone afterwards. */
+static void parse_and_settle(em__framer *f, const char *data, size_t len,
+                             int from_held)
 {
-    em__framer *f = conn->framer;
-    uint32_t corked = conn->flags & EM__CONN_CORKED; /* an outer feed's */
     f->feeding++;
     size_t used = parse(f, data, len);
-    after_parse(f, data + used, len - used, 0);
+    after_parse(f, data + used, len - used, from_held);
     if (--f->feeding == 0 && f->dead)
         framer_destroy(f);
+}
+
+void em__framer_feed(em_conn *conn, const char *data, size_t len)
+{
+    uint32_t corked = conn->flags & EM__CONN_CORKED; /* an outer feed's */
+    parse_and_settle(conn->framer, data, len, 0);
     if (!corked)
         em__conn_uncork(conn);
 }
@@ -346,11 +354,7 @@ void em__framer_run_pending(em_loop *loop)
         if (should_stop(f) || !f->held_len)
             continue; /* paused again or closing: a resume wakes it */
         em_conn *conn = f->conn;
-        f->feeding++;
-        size_t used = parse(f, f->held, f->held_len);
-        after_parse(f, f->held + used, f->held_len - used, 1);
-        if (--f->feeding == 0 && f->dead)
-            framer_destroy(f);
+        parse_and_settle(f, f->held, f->held_len, 1);
         em__conn_uncork(conn);
     }
 }

@@ -353,6 +353,10 @@ void em__conn_established(em_conn *conn);
 void em__conn_queued(em_conn *conn);
 /* Writes the queue; closes on error. */
 void em__conn_flush(em_conn *conn);
+/* Reading may have started or stopped: the poll interest follows, and
+ * input already read but not delivered (inside OpenSSL, held by the
+ * framer) gets a pass. */
+void em__conn_reading_changed(em_conn *conn);
 /* Ends EM__CONN_CORKED: what the callbacks queued leaves in one write. */
 void em__conn_uncork(em_conn *conn);
 /* Runs unbind for every connection marked closing. */
