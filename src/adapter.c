@@ -78,7 +78,7 @@ static void adapter_opening(em_conn *conn, void *arg)
     if (!conn->fdx) {
         kept_peer *peer = kept_peer_of(conn);
         socklen_t len = sizeof(*peer);
-        if (getpeername(conn->watcher.fd, &peer->sa, &len) == 0 &&
+        if (em_get_peername(conn, &peer->sa, &len) == 0 &&
             len <= sizeof(*peer) &&
             (peer->sa.sa_family == AF_INET || peer->sa.sa_family == AF_INET6))
             conn->flags |= EM__CONN_REMOTE_KEPT;
