@@ -134,8 +134,10 @@ typedef struct rem_conn {
     uint64_t sig;   /* em_conn_id at post_init */
     unsigned flags; /* REM_KNOWN, ... */
     int ruby_fd;    /* attach_fd: Ruby's descriptor (libem has a dup) */
-    struct rem_tls_parms *tls_parms; /* set_tls_parms until start_tls */
-    uint32_t verify_asked;           /* ssl_verify_peer answered, by depth */
+    struct rem_tls_parms *tls_parms;   /* set_tls_parms until start_tls */
+    struct rem_tls_secure *tls_secure; /* LibEM.set_tls_verify, same */
+    char *connect_host;    /* the name connect_server resolved, for TLS */
+    uint32_t verify_asked; /* ssl_verify_peer answered, by depth */
     uint32_t verify_accepted;
     uint32_t pend_len;       /* send_data bytes held until the end of */
     char pend[REM_PEND_MAX]; /* the turn (rem_write.c) */
@@ -145,6 +147,8 @@ enum {
     REM_KNOWN = 1u << 0,         /* Ruby has (or is making) its object */
     REM_CLOSE_COUNTED = 1u << 1, /* counted in rem.close_scheduled */
     REM_WRITE_AT_ONCE = 1u << 2, /* datagram, proxy end (rem_write.c) */
+    REM_TLS_SECURE = 1u << 3,    /* set_tls_verify: OpenSSL decides */
+    REM_TLS_ASK_RUBY = 1u << 4,  /* ... then the program's ssl_verify_peer */
 };
 
 /* send_data's writes (rem_write.c). rem_call brackets every call into Ruby
@@ -167,11 +171,13 @@ void rem_write_after_read(em_conn *conn, size_t len);
 /* @conns[sig], or EM::ConnectionNotBound (inside rem_call only). */
 VALUE rem_conn_object(uint64_t sig);
 
-/* TLS (rem_tls.c): the handler's ssl_verify_peer, and set_tls_parms's
- * copy, freed at start_tls or unbind. */
+/* TLS (rem_tls.c): the handler's ssl_verify_peer; set_tls_parms's and
+ * set_tls_verify's copies, freed at start_tls, and everything TLS keeps
+ * (connect_host too) at unbind (rem_tls_free). */
 int rem_on_verify_peer(em_conn *conn, const char *pem, size_t len, int depth,
                        int preverified);
 void rem_tls_parms_free(rem_conn *rc);
+void rem_tls_free(rem_conn *rc);
 
 /* Event for EventMachine.event_callback(sig, code, data). */
 typedef struct rem_event {

@@ -155,7 +155,7 @@ static void on_receive_data(em_conn *conn, const char *data, size_t len)
 static void on_unbind(em_conn *conn, int reason)
 {
     rem_conn *rc = em_conn_state(conn);
-    rem_tls_parms_free(rc);
+    rem_tls_free(rc);
     if (rc->flags & REM_CLOSE_COUNTED)
         rem.close_scheduled--;
     if (!(rc->flags & REM_KNOWN))
@@ -349,7 +349,8 @@ int rem_resolve(const char *host, int port, char *buf, size_t size)
     return r.rc;
 }
 
-static VALUE connected(int err, em_conn *conn)
+static VALUE connected(int err, em_conn *conn, const char *host,
+                       const char *addr)
 {
     /* A client that reconnects from its unbind does so at release too;
      * libem opens nothing then (-ECANCELED). A signature that names no
@@ -358,6 +359,12 @@ static VALUE connected(int err, em_conn *conn)
         return ULL2NUM(rem_new_sig());
     if (err < 0)
         rb_raise(rb_eRuntimeError, "no connection");
+    /* libem was given the address: keep the name for TLS's host-name
+     * check (LibEM.set_tls_verify with verify_hostname true). */
+    if (host && addr && strcmp(host, addr) != 0) {
+        rem_conn *rc = em_conn_state(conn);
+        rc->connect_host = strdup(host); /* NULL: no name to check */
+    }
     return ULL2NUM(em_conn_id(conn));
 }
 
@@ -374,7 +381,7 @@ static VALUE t_connect_server(VALUE self, VALUE host, VALUE port)
                  gai_strerror(rc));
     em_conn *conn = NULL;
     int err = em_connect(loop, addr, p, &rem_handler, NULL, &conn);
-    return connected(err, conn);
+    return connected(err, conn, h, addr);
 }
 
 static VALUE t_bind_connect_server(VALUE self, VALUE bind_host, VALUE bind_port,
@@ -398,7 +405,7 @@ static VALUE t_bind_connect_server(VALUE self, VALUE bind_host, VALUE bind_port,
     em_conn *conn = NULL;
     int err =
         em_bind_connect(loop, baddr, bp, addr, p, &rem_handler, NULL, &conn);
-    return connected(err, conn);
+    return connected(err, conn, h, addr);
 }
 
 static VALUE t_connect_unix_server(VALUE self, VALUE path)
@@ -417,7 +424,7 @@ static VALUE t_connect_unix_server(VALUE self, VALUE path)
         em_close_connection(conn, 0);
         err = -ECONNREFUSED;
     }
-    return connected(err, conn);
+    return connected(err, conn, NULL, NULL);
 }
 
 /* ---- per connection -------------------------------------------------- */

@@ -19,8 +19,20 @@
  * ssl_version is given, so TLS 1.0 and 1.1 are used only when asked for
  * without 1.2 and 1.3. docs/ruby.md lists both.
  *
- * set_tls_parms keeps its strings (copied) until start_tls or the unbind.
+ * libem's secure verification is reachable through three start_tls keys
+ * EventMachine's Ruby ignores (verify_hostname, ca_file, ca_path):
+ * libem/eventmachine.rb's Connection#start_tls hands them to
+ * LibEM.set_tls_verify before EventMachine's own start_tls runs. With any
+ * of them, OpenSSL's verdict decides (chain against the CA store, and the
+ * host name when asked) and a program's own ssl_verify_peer may only
+ * reject more. A key of its own rather than a changed meaning of
+ * verify_peer: programs that pass verify_peer and accept anything in
+ * ssl_verify_peer (self-signed peers, pinning by hand) keep working.
+ *
+ * set_tls_parms and set_tls_verify keep their strings (copied) until
+ * start_tls or the unbind.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +60,35 @@ enum {
     P_CURVE,
     P_DHPARAM,
 };
+
+/* LibEM.set_tls_verify's settings. */
+typedef struct rem_tls_secure {
+    char *verify_hostname; /* NULL: the connect host (when check_name) */
+    char *ca_file;
+    char *ca_path;
+    int check_name;
+    int ask_ruby; /* the program defines its own ssl_verify_peer */
+} rem_tls_secure;
+
+static void secure_free(rem_conn *rc)
+{
+    rem_tls_secure *s = rc->tls_secure;
+    if (!s)
+        return;
+    free(s->verify_hostname);
+    free(s->ca_file);
+    free(s->ca_path);
+    free(s);
+    rc->tls_secure = NULL;
+}
+
+void rem_tls_free(rem_conn *rc)
+{
+    rem_tls_parms_free(rc);
+    secure_free(rc);
+    free(rc->connect_host);
+    rc->connect_host = NULL;
+}
 
 void rem_tls_parms_free(rem_conn *rc)
 {
@@ -99,6 +140,50 @@ static VALUE t_set_tls_parms(int argc, VALUE *argv, VALUE self)
     return Qnil;
 }
 
+static char *dup_or_null(VALUE v, int *nomem)
+{
+    if (NIL_P(v) || !*RSTRING_PTR(v))
+        return NULL;
+    char *d = strdup(RSTRING_PTR(v));
+    *nomem |= !d;
+    return d;
+}
+
+/* LibEM.set_tls_verify(sig, verify_hostname, ca_file, ca_path, ask_ruby):
+ * verify_hostname is true (the host given to connect), false/nil (chain
+ * only) or a name; the files are Strings or nil. */
+static VALUE t_set_tls_verify(VALUE self, VALUE sig, VALUE name, VALUE ca_file,
+                              VALUE ca_path, VALUE ask_ruby)
+{
+    (void)self;
+    rem_loop("evma_set_tls_parms");
+    VALUE in[3] = {name, ca_file, ca_path};
+    for (int i = 0; i < 3; i++)
+        if (!NIL_P(in[i]) && !(i == 0 && (name == Qtrue || name == Qfalse)))
+            StringValueCStr(in[i]);
+    em_conn *conn = rem_conn_of(sig);
+    if (!conn)
+        return Qnil;
+    rem_tls_secure *s = calloc(1, sizeof(*s));
+    if (!s)
+        rb_memerror();
+    int nomem = 0;
+    s->check_name = RTEST(name);
+    if (RB_TYPE_P(in[0], T_STRING))
+        s->verify_hostname = dup_or_null(in[0], &nomem);
+    s->ca_file = dup_or_null(in[1], &nomem);
+    s->ca_path = dup_or_null(in[2], &nomem);
+    s->ask_ruby = RTEST(ask_ruby);
+    rem_conn *rc = em_conn_state(conn);
+    secure_free(rc);
+    rc->tls_secure = s;
+    if (nomem) {
+        secure_free(rc);
+        rb_memerror();
+    }
+    return Qnil;
+}
+
 /* ---- callbacks ------------------------------------------------------- */
 
 typedef struct verify_call {
@@ -121,10 +206,18 @@ static VALUE call_verify(VALUE arg)
 int rem_on_verify_peer(em_conn *conn, const char *pem, size_t len, int depth,
                        int preverified)
 {
-    (void)preverified; /* EventMachine: the Ruby answer alone decides */
     rem_conn *rc = em_conn_state(conn);
     if (!(rc->flags & REM_KNOWN))
         return 0;
+    /* EventMachine's meaning: the Ruby answer alone decides. Secure
+     * (REM_TLS_SECURE): OpenSSL's verdict first, then the program's own
+     * ssl_verify_peer, if it has one, may reject. */
+    if (rc->flags & REM_TLS_SECURE) {
+        if (!preverified)
+            return 0;
+        if (!(rc->flags & REM_TLS_ASK_RUBY))
+            return 1;
+    }
     unsigned bit = depth >= 0 && depth < 32 ? 1u << depth : 0;
     if (bit && (rc->verify_asked & bit))
         return (rc->verify_accepted & bit) != 0;
@@ -178,11 +271,35 @@ static VALUE t_start_tls(VALUE self, VALUE sig)
             o.fail_if_no_peer_cert = p->fail_if_no_peer_cert;
         }
     }
+    rem_tls_secure *s = rc->tls_secure;
+    rc->flags &= ~(unsigned)(REM_TLS_SECURE | REM_TLS_ASK_RUBY);
+    char ip[sizeof(struct in6_addr)];
+    if (s) {
+        rc->flags |= REM_TLS_SECURE | (s->ask_ruby ? REM_TLS_ASK_RUBY : 0);
+        /* A client verifies either way; a server asks for a client
+         * certificate only with verify_peer, as EventMachine. */
+        o.verify_peer =
+            p && p->verify_peer ? EM_TLS_VERIFY_PEER : EM_TLS_VERIFY_DEFAULT;
+        o.skip_hostname_check = !s->check_name;
+        o.ca_file = s->ca_file;
+        o.ca_path = s->ca_path;
+        if (s->check_name) {
+            const char *host = rc->connect_host;
+            o.verify_hostname = s->verify_hostname ? s->verify_hostname
+                                : o.sni_hostname   ? o.sni_hostname
+                                                   : host;
+            /* SNI names a host, never an address (RFC 6066). */
+            if (!o.sni_hostname && host && inet_pton(AF_INET, host, ip) != 1 &&
+                inet_pton(AF_INET6, host, ip) != 1)
+                o.sni_hostname = host;
+        }
+    }
     rc->verify_asked = rc->verify_accepted = 0;
     int err = em_start_tls(conn, &o);
     char why[256];
     snprintf(why, sizeof(why), "%s", em_tls_error(conn));
     rem_tls_parms_free(rc);
+    secure_free(rc);
     if (err == -EKEYREJECTED || err == -ENOKEY ||
         (err == -EBADMSG && o.private_key_pem))
         rb_raise(rem_eInvalidPrivateKey, "%s", *why ? why : strerror(-err));
@@ -266,4 +383,7 @@ void rem_define_tls(void)
                               1);
     rb_define_module_function(m, "get_sni_hostname", t_get_sni_hostname, 1);
     rb_define_module_function(m, "ssl?", t_ssl_p, 0);
+    /* libem's own, outside EventMachine's set of module functions. */
+    VALUE libem = rb_define_module("LibEM");
+    rb_define_module_function(libem, "set_tls_verify", t_set_tls_verify, 5);
 }

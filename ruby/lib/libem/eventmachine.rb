@@ -45,3 +45,38 @@ unless defined?(EventMachine::LIBEM_VERSION)
   # EventMachine's `require "rubyeventmachine"` now finds it loaded.
   $LOADED_FEATURES << "rubyeventmachine.so"
 end
+
+module LibEM
+  # Connection#start_tls understands three keys of libem's own, which
+  # EventMachine's start_tls ignores, for libem's secure verification:
+  #
+  #   verify_hostname: true   # the host given to EM.connect (or sni_hostname)
+  #   verify_hostname: "name" # this name (or IP address)
+  #   ca_file: "ca.pem", ca_path: "dir"  # the CA store (default: the system's)
+  #
+  # With any of them the chain is verified against the CA store (and the
+  # host name, with verify_hostname) and OpenSSL's verdict decides; the
+  # program's own ssl_verify_peer, when it defines one, is asked about each
+  # certificate OpenSSL accepted and may still reject it. See docs/ruby.md.
+  module SecureTLS
+    def start_tls(args = {})
+      name = args[:verify_hostname]
+      ca_file = args[:ca_file] && File.path(args[:ca_file]) # a Pathname too
+      ca_path = args[:ca_path] && File.path(args[:ca_path])
+      unless name.nil? || name == true || name == false || name.is_a?(String)
+        raise TypeError, "verify_hostname must be true, false or a String"
+      end
+      [ca_file, ca_path].each do |path|
+        next if path.nil? || path.empty?
+        raise EventMachine::FileNotFoundException, "Could not find #{path} for start_tls" unless File.exist?(path)
+      end
+      if name || (ca_file && !ca_file.empty?) || (ca_path && !ca_path.empty?)
+        own = method(:ssl_verify_peer).owner != EventMachine::Connection
+        LibEM.set_tls_verify(@signature, name, ca_file, ca_path, own)
+      end
+      super
+    end
+  end
+end
+
+EventMachine::Connection.prepend(LibEM::SecureTLS)
