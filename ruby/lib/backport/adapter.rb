@@ -11,6 +11,15 @@ module Backport
   # adapter's own variables do not collide with it. (Backport kept it in a
   # closure behind a singleton method, which gives every adapter a singleton
   # class of its own.)
+  #
+  # `write` is on the path of every message: while its Client allows it
+  # (started on an EventMachine connection, not closed, nothing handed over
+  # from other threads waiting) the Client leaves the connection's signature
+  # and the reactor thread in @_backport_sig and @_backport_thread, and a
+  # write on that thread goes straight to the engine's send_data: one thread
+  # comparison, no call into the Client. Everything else (another thread, a
+  # queue to keep the order of, a closed connection, an IO) takes the
+  # Client's way.
   class Adapter
     # @param output [Client, IO, #write] where `write` sends: the Client a
     #   server made, or any object with `write` (an IO, a StringIO), which
@@ -22,6 +31,8 @@ module Backport
       @_backport_flush = @_backport_client.nil? && output.respond_to?(:flush)
       @_backport_remote = remote
       @_backport_closed = false
+      @_backport_sig = nil
+      @_backport_thread = nil
     end
 
     # The peer of the connection: for TCP {family: "AF_INET" or "AF_INET6",
@@ -58,10 +69,14 @@ module Backport
     # @param data [String] (anything else is sent as its to_s)
     # @return [void]
     def write data
-      out = @_backport_out
-      if @_backport_client
-        out.write(data)
+      if (sig = @_backport_sig) && Thread.current == @_backport_thread
+        # EM::Connection#send_data without its method call and respond_to?.
+        data = data.to_s
+        EventMachine.send_data(sig, data, data.bytesize)
+      elsif (client = @_backport_client)
+        client.write(data)
       elsif !@_backport_closed
+        out = @_backport_out
         out.write(data)
         out.flush if @_backport_flush
       end

@@ -166,17 +166,25 @@ module Backport
         def post_init
           @client = Client.new(self, self, @server.adapter, Tcpip.remote_of(self))
           @adapter = @client.adapter
+          # Who gets input: the adapter until the client closes.
+          @receiver = @adapter
           @server.__send__(:accepted, @client)
         end
 
-        # Client#receive, inlined: this runs for every piece of input.
+        # Client#receive, inlined: this runs for every piece of input, so
+        # it calls nothing but the adapter.
         def receive_data data
-          return if @client.closed?
-
-          @adapter.receiving(data)
+          @receiver&.receiving(data)
         rescue StandardError => e
           Reactor.report(e, "#{@adapter.class}#receiving")
           @client.close
+        end
+
+        # The client closed (any thread): no more input for the adapter.
+        #
+        # @api private
+        def backport_client_closed
+          @receiver = nil
         end
 
         def unbind

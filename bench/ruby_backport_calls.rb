@@ -1,0 +1,104 @@
+# frozen_string_literal: true
+
+# ruby_backport_calls.rb - Ruby method calls per echoed message on the
+# reactor thread: the seed's echo adapter on the Backport library against the
+# same adapter on EventMachine's API (bench/ruby_backport_echo.sh's two
+# servers), in one process.
+#
+#   ruby -I ruby/lib [-rlibem/eventmachine] bench/ruby_backport_calls.rb [MESSAGES]
+#
+# How: each server runs on a reactor thread; a client thread sends MESSAGES
+# 64-byte messages one at a time (ping-pong) over one connection, and a
+# TracePoint on :call and :c_call (Ruby methods, and C functions including
+# attribute readers) counts what the reactor thread calls while they flow.
+# Prints the calls per message, total and by method. Why a count and not a
+# profile: the machine is shared and noisy; a count is exact and says which
+# layer costs what.
+require 'socket'
+require 'backport'
+
+MESSAGES = Integer(ARGV.fetch(0, '2000'))
+MESSAGE = ('x' * 64).b.freeze
+
+module EchoAdapter
+  def receiving data
+    write data
+  end
+end
+
+module EchoConnection
+  def receive_data data
+    send_data data
+  end
+end
+
+def drive port
+  sock = TCPSocket.new('127.0.0.1', port)
+  sock.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1)
+  # Warm up: the connection's opening and the method caches.
+  50.times { sock.write(MESSAGE) && sock.read(MESSAGE.bytesize) }
+  counts = Hash.new(0)
+  reactor = $reactor_thread
+  trace = TracePoint.new(:call, :c_call) do |tp|
+    counts["#{tp.defined_class}##{tp.method_id}"] += 1 if Thread.current.equal?(reactor)
+  end
+  trace.enable
+  MESSAGES.times do
+    sock.write(MESSAGE)
+    got = sock.read(MESSAGE.bytesize)
+    raise "echo mismatch: #{got.inspect}" unless got == MESSAGE
+  end
+  trace.disable
+  sock.close
+  counts
+end
+
+def report name, counts
+  total = counts.values.sum
+  puts format('%-10s %6.2f calls/message', name, total.fdiv(MESSAGES))
+  counts.sort_by { |k, v| [-v, k] }.each do |k, v|
+    per = v.fdiv(MESSAGES)
+    puts format('    %6.2f  %s', per, k) if per >= 0.01
+  end
+end
+
+def backport_counts
+  port = nil
+  ready = Queue.new
+  thread = Thread.new do
+    Backport.run do
+      $reactor_thread = Thread.current
+      server = Backport.prepare_tcp_server(host: '127.0.0.1', port: 0, adapter: EchoAdapter)
+      port = server.port
+      ready << true
+    end
+  end
+  ready.pop
+  counts = drive(port)
+  Backport.stop
+  thread.join
+  counts
+end
+
+def em_counts
+  ready = Queue.new
+  port = nil
+  thread = Thread.new do
+    EM.run do
+      $reactor_thread = Thread.current
+      sig = EM.start_server('127.0.0.1', 0, EchoConnection)
+      port = Socket.unpack_sockaddr_in(EM.get_sockname(sig)).first
+      ready << true
+    end
+  end
+  ready.pop
+  counts = drive(port)
+  EM.stop
+  thread.join
+  counts
+end
+
+engine = defined?(EventMachine::LIBEM_VERSION) ? "libem #{EventMachine::LIBEM_VERSION}" : "EventMachine #{EM::VERSION}"
+puts "Ruby calls per echoed message on the reactor thread (#{engine}, ruby #{RUBY_VERSION}, #{MESSAGES} messages)"
+report 'Backport', backport_counts
+report 'EM', em_counts
