@@ -13,7 +13,10 @@
 # attribute readers) counts what the reactor thread calls while they flow.
 # Prints the calls per message, total and by method. Why a count and not a
 # profile: the machine is shared and noisy; a count is exact and says which
-# layer costs what.
+# layer costs what. Tracing C calls turns off the VM's specialised
+# instructions, so `BasicObject#==` (Adapter#write's thread comparison) is
+# counted here but is no call in an untraced run (opt_eq compares the two
+# references itself).
 require 'socket'
 require 'backport'
 
