@@ -158,17 +158,22 @@ module Backport
         # @return [Client]
         attr_reader :client
 
+        # Three instance variables (@signature, EventMachine's, @client and
+        # @receiver) so that Ruby keeps them inside the object: a fourth
+        # moves them to a separate array, one more cache miss on every
+        # message (see Adapter). So the server waits in @client until
+        # post_init replaces it with the Client.
         def initialize server
           super()
-          @server = server
+          @client = server
         end
 
         def post_init
-          @client = Client.new(self, self, @server.adapter, Tcpip.remote_of(self))
-          @adapter = @client.adapter
+          server = @client
+          @client = Client.new(self, self, server.adapter, Tcpip.remote_of(self))
           # Who gets input: the adapter until the client closes.
-          @receiver = @adapter
-          @server.__send__(:accepted, @client)
+          @receiver = @client.adapter
+          server.__send__(:accepted, @client)
         end
 
         # Client#receive, inlined: this runs for every piece of input, so
@@ -176,7 +181,7 @@ module Backport
         def receive_data data
           @receiver&.receiving(data)
         rescue StandardError => e
-          Reactor.report(e, "#{@adapter.class}#receiving")
+          Reactor.report(e, "#{@client.adapter.class}#receiving")
           @client.close
         end
 
@@ -188,7 +193,8 @@ module Backport
         end
 
         def unbind
-          @client&.unbound
+          # Not a Client when post_init failed: @client is still the server.
+          @client.unbound if @client.is_a?(Client)
         end
       end
     end
