@@ -11,17 +11,35 @@ module Backport
   # adapter's own variables do not collide with it. (Backport kept it in a
   # closure behind a singleton method, which gives every adapter a singleton
   # class of its own.)
+  #
+  # `write` is on the path of every message: while its Client allows it
+  # (started on an EventMachine connection, not closed, nothing handed over
+  # from other threads waiting) the Client leaves the connection's signature
+  # and the reactor thread in @_backport_sig and @_backport_thread, and a
+  # write on that thread goes straight to the engine's send_data: one thread
+  # comparison, no call into the Client. Everything else (another thread, a
+  # queue to keep the order of, a closed connection, an IO) takes the
+  # Client's way.
+  #
+  # Three instance variables, the rest in a State: Ruby keeps up to three
+  # inside the object and moves them all to a separate array beyond that,
+  # which costs one more cache miss per message when many connections take
+  # turns (measured with perf: about 0.1 µs on the echo benchmark).
   class Adapter
+    # What the slow paths need. (Struct readers are as cheap as attribute
+    # readers.)
+    State = Struct.new(:client, :out, :flush, :remote, :closed)
+    private_constant :State
+
     # @param output [Client, IO, #write] where `write` sends: the Client a
     #   server made, or any object with `write` (an IO, a StringIO), which
     #   then gets `flush` after every write when it has one
     # @param remote [Hash{Symbol => String, Integer}]
     def initialize output, remote = {}
-      @_backport_client = output.is_a?(Client) ? output : nil
-      @_backport_out = output
-      @_backport_flush = @_backport_client.nil? && output.respond_to?(:flush)
-      @_backport_remote = remote
-      @_backport_closed = false
+      @_backport_sig = nil
+      @_backport_thread = nil
+      client = output.is_a?(Client) ? output : nil
+      @_backport_state = State.new(client, output, client.nil? && output.respond_to?(:flush), remote, false)
     end
 
     # The peer of the connection: for TCP {family: "AF_INET" or "AF_INET6",
@@ -31,7 +49,7 @@ module Backport
     #
     # @return [Hash{Symbol => String, Integer}]
     def remote
-      @_backport_remote
+      @_backport_state.remote
     end
 
     # Called when the connection opens, before any `receiving`.
@@ -58,12 +76,19 @@ module Backport
     # @param data [String] (anything else is sent as its to_s)
     # @return [void]
     def write data
-      out = @_backport_out
-      if @_backport_client
-        out.write(data)
-      elsif !@_backport_closed
-        out.write(data)
-        out.flush if @_backport_flush
+      if (sig = @_backport_sig) && Thread.current == @_backport_thread
+        # EM::Connection#send_data without its method call and respond_to?.
+        data = data.to_s
+        EventMachine.send_data(sig, data, data.bytesize)
+      else
+        state = @_backport_state
+        if (client = state.client)
+          client.write(data)
+        elsif !state.closed
+          out = state.out
+          out.write(data)
+          out.flush if state.flush
+        end
       end
       nil
     end
@@ -80,8 +105,8 @@ module Backport
     # True once the connection is closed or closing: after `close`, once the
     # peer is gone, and inside `closing`.
     def closed?
-      c = @_backport_client
-      c ? c.closed? : @_backport_closed
+      state = @_backport_state
+      (c = state.client) ? c.closed? : state.closed
     end
 
     # Close the connection: what was written before is sent first, then the
@@ -90,12 +115,13 @@ module Backport
     #
     # @return [void]
     def close
-      if (c = @_backport_client)
+      state = @_backport_state
+      if (c = state.client)
         c.close
-      elsif !@_backport_closed
+      elsif !state.closed
         # No connection behind this adapter (made on a plain IO): nothing to
         # wait for.
-        @_backport_closed = true
+        state.closed = true
         closing
       end
       nil

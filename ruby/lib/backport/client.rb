@@ -16,6 +16,17 @@ module Backport
   # overtakes one that was handed over before it. Rejected: EM.schedule for
   # every write, which keeps the order of writes made off the reactor but lets
   # a reactor write overtake them, and costs a next_tick per write.
+  #
+  # The per-message path skips the Client: the transport connection calls
+  # the adapter's `receiving` itself, and while writes may go straight to
+  # the connection (started, not closed, nothing queued) the adapter holds
+  # the connection's signature and the reactor thread and its `write` calls
+  # the engine's send_data (Adapter#write). The Client takes the signature
+  # back, under the queue's lock, before it queues anything, and gives it
+  # again, under the lock, once a flush leaves the queue empty: a reactor
+  # write either sees the signature (nothing queued: nothing to overtake) or
+  # takes the queue's way. Rejected: a Mutex or an ordering check on every
+  # write, which costs what the library was slower than EventMachine by.
   class Client
     include Observable
 
@@ -82,6 +93,10 @@ module Backport
       @in = input
       @out = output
       @transport = output.is_a?(EM::Connection) ? output : nil
+      # Writes may skip EM::Connection#send_data when the connection does
+      # not override it.
+      @direct = !@transport.nil? &&
+                @transport.class.instance_method(:send_data).owner.equal?(EM::Connection)
       @lock = Mutex.new
       @pending = nil
       @flush = nil
@@ -152,6 +167,8 @@ module Backport
       return if @closed
 
       @closed = true
+      undirect
+      @transport.backport_client_closed if @transport.respond_to?(:backport_client_closed)
       if @pending.nil? && Thread.current.equal?(@reactor_thread)
         close_now
       else
@@ -181,7 +198,10 @@ module Backport
 
       @gone = true
       @closed = true
-      @lock.synchronize { @pending = nil }
+      @lock.synchronize do
+        @pending = nil
+        undirect
+      end
       begin
         @adapter.closing if @started
       rescue StandardError => e
@@ -212,6 +232,7 @@ module Backport
       end
       @started = true
       @reactor_thread = Thread.current
+      @lock.synchronize { redirect }
       begin
         @adapter.opening
       rescue StandardError => e
@@ -233,6 +254,7 @@ module Backport
     def enqueue item
       first = false
       @lock.synchronize do
+        undirect
         if @pending
           @pending << item
         else
@@ -266,6 +288,24 @@ module Backport
           @lock.synchronize { (@pending ||= []) << item }
         end
       end
+      # Nothing queued meanwhile: reactor writes may go straight again.
+      @lock.synchronize { redirect }
+    end
+
+    # Let the adapter's writes on the reactor thread go straight to the
+    # connection, when nothing is queued and the connection is open (called
+    # with @lock held, on the reactor thread).
+    def redirect
+      return unless @direct && @started && @pending.nil? && !@closed
+
+      @adapter.instance_variable_set(:@_backport_thread, @reactor_thread)
+      @adapter.instance_variable_set(:@_backport_sig, @transport.signature)
+    end
+
+    # Writes take the Client's way again (any thread; with @lock held when
+    # a queue is about to start).
+    def undirect
+      @adapter.instance_variable_set(:@_backport_sig, nil)
     end
 
     # A client's transport over an input IO and an output IO (stdio, pipes):

@@ -149,12 +149,15 @@ module BackportTest
       read_until(sock, seconds)
     end
 
-    # True once connecting to the port is refused.
+    # True once connecting to the port is refused. A reset means the
+    # connection reached the listener as it closed: not yet (callers retry).
     def refused? port, host = '127.0.0.1'
       TCPSocket.new(host, port).close
       false
     rescue Errno::ECONNREFUSED
       true
+    rescue Errno::ECONNRESET
+      false
     end
 
     def fd_count

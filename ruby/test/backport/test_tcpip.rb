@@ -308,6 +308,130 @@ class TestTcpip < BackportTest::TestCase
     stop_machine(machine, thread)
   end
 
+  # Tells the reactor, through a pipe it watches, which adapter write to
+  # make: the worker's way to cause a reactor write other than next_tick
+  # (whose FIFO would order it after the worker's flush anyway).
+  class Poker < EM::Connection
+    def initialize adapter
+      super()
+      @adapter = adapter
+      @buffer = +''
+    end
+
+    def receive_data data
+      @buffer << data
+      while (line = @buffer.slice!(/\A[^\n]*\n/))
+        @adapter.write(line)
+      end
+    end
+  end
+
+  # Writes from another thread mixed with reactor writes, over and over:
+  # the queue starts and empties many times, so reactor writes switch
+  # between the straight way and the queue. Each reactor write is made
+  # after a handed-over one (causally: the worker asks for it, through
+  # next_tick or through a pipe the reactor reads) and must come after it;
+  # each source keeps its own order.
+  def test_reactor_writes_mixed_with_handed_over_ones
+    rounds = 2000
+    workers = []
+    poke_r, poke_w = IO.pipe
+    poker = nil
+    klass = Class.new(Backport::Adapter) do
+      define_method(:receiving) do |_data|
+        adapter = self
+        adapter.write("r-first\n") # straight: nothing queued yet
+        poker = EM.attach(poke_r, Poker, adapter)
+        workers << Thread.new do
+          rounds.times do |i|
+            adapter.write("w#{i}\n")
+            if i.even?
+              EM.schedule { adapter.write("r#{i}\n") }
+            else
+              poke_w.write("p#{i}\n")
+            end
+          end
+          poke_w.write("end\n")
+        end
+      end
+    end
+    machine, thread, server = serve(klass)
+    sock = connect(server.port)
+    sock.write('go')
+    # "end" comes through the pipe: the last r lines may follow it.
+    data = read_until(sock, 20) { |d| d.count("\n") >= 2 * rounds + 2 }
+    lines = data.split("\n")
+    assert_equal 2 * rounds + 2, lines.size
+    assert_equal 'r-first', lines.first
+    assert_include lines, 'end'
+    where = lines.each_with_index.to_h
+    assert_equal (0...rounds).map { |i| "w#{i}" }, lines.grep(/\Aw/)
+    assert_equal (0...rounds).select(&:even?).map { |i| "r#{i}" }, lines.grep(/\Ar\d/)
+    assert_equal (0...rounds).select(&:odd?).map { |i| "p#{i}" }, lines.grep(/\Ap/)
+    rounds.times do |i|
+      mine = i.even? ? "r#{i}" : "p#{i}"
+      assert_operator where["w#{i}"], :<, where[mine], "#{mine} overtook w#{i}"
+    end
+    workers.each(&:join)
+    on_reactor { poker.detach } # the pipe stays ours to close
+    sock.close
+    stop_machine(machine, thread)
+  ensure
+    [poke_r, poke_w].each { |io| io&.close unless io&.closed? }
+  end
+
+  # A close made on another thread stops the reactor's writes too, whether
+  # writes were queued before it or not; and a close on the reactor thread
+  # stops the writes that follow it, on either thread.
+  def test_writes_after_close_are_ignored_on_every_thread
+    events = BackportTest::Events.new
+    late = Queue.new
+    klass = Class.new(recorder(events)) do
+      define_method(:receiving) do |data|
+        super(data)
+        adapter = self
+        case data
+        when 'queued-then-close'
+          Thread.new do
+            3.times { |i| adapter.write_line(i) }
+            adapter.close
+            EM.schedule { late << [adapter.write('reactor-late'), adapter.closed?] }
+          end
+        when 'close-alone'
+          Thread.new do
+            adapter.close
+            EM.schedule { late << [adapter.write('reactor-late'), adapter.closed?] }
+          end
+        when 'close-on-reactor'
+          write('bye')
+          close
+          write('late')
+          Thread.new do
+            adapter.write('worker-late')
+            late << [nil, adapter.closed?]
+          end
+        end
+      end
+    end
+    machine, thread, server = serve(klass)
+    a = connect(server.port)
+    b = connect(server.port)
+    c = connect(server.port)
+    wait_for(5, 'three openings') { count(events, :opening) == 3 }
+    a.write('queued-then-close')
+    b.write('close-alone')
+    c.write('close-on-reactor')
+    assert_equal "0\n1\n2\n", read_to_eof(a)
+    assert_equal '', read_to_eof(b)
+    assert_equal 'bye', read_to_eof(c)
+    3.times { assert_equal [nil, true], pop_with_timeout(late, 5, 'the late writes') }
+    wait_for(5, 'three closings') { count(events, :closing) == 3 }
+    stop_machine(machine, thread)
+    assert_equal 3, count(events, :closing)
+  ensure
+    [a, b, c].each { |s| s&.close unless s&.closed? }
+  end
+
   def test_accept_by_hand
     events = BackportTest::Events.new
     server = nil
