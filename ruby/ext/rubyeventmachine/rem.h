@@ -139,6 +139,7 @@ typedef struct rem_conn {
     char *connect_host;    /* the name connect_server resolved, for TLS */
     uint32_t verify_asked; /* ssl_verify_peer answered, by depth */
     uint32_t verify_accepted;
+    uint64_t proxied_base;   /* em_get_proxied_bytes at the last start_proxy */
     uint32_t pend_len;       /* send_data bytes held until the end of */
     char pend[REM_PEND_MAX]; /* the turn (rem_write.c) */
 } rem_conn;

@@ -431,6 +431,9 @@ static VALUE t_start_proxy(VALUE self, VALUE from, VALUE to, VALUE bufsize,
                                    l > 0 ? (size_t)l : 0);
     if (err < 0)
         rb_raise(rb_eRuntimeError, "start_proxy: %s", strerror(-err));
+    /* EventMachine's get_proxied_bytes counts from the last start_proxy;
+     * libem's count runs over the connection's life. */
+    ((rem_conn *)em_conn_state(f))->proxied_base = em_get_proxied_bytes(f);
     /* libem relays into them during the turn: Ruby's bytes must not wait
      * for its end (rem_write.c). */
     ((rem_conn *)em_conn_state(f))->flags |= REM_WRITE_AT_ONCE;
@@ -453,7 +456,10 @@ static VALUE t_get_proxied_bytes(VALUE self, VALUE from)
     (void)self;
     rem_loop("evma_get_proxied_bytes");
     em_conn *f = rem_conn_of(from);
-    return ULL2NUM(f ? em_get_proxied_bytes(f) : 0);
+    if (!f)
+        return ULL2NUM(0);
+    return ULL2NUM(em_get_proxied_bytes(f) -
+                   ((rem_conn *)em_conn_state(f))->proxied_base);
 }
 
 /* ---- process-wide settings ------------------------------------------- */
