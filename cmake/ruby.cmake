@@ -25,6 +25,18 @@ if(EM_RUBY_EXECUTABLE)
     endif()
 endif()
 
+# The docs' ```ruby blocks are valid Ruby (docs_ruby; needs only ruby).
+if(EM_RUBY_EXECUTABLE AND EM_BUILD_TESTS)
+    add_test(NAME docs_ruby COMMAND bash
+        "${CMAKE_CURRENT_SOURCE_DIR}/tests/docs_ruby.sh"
+        "${CMAKE_CURRENT_SOURCE_DIR}")
+    add_test(NAME docs_ruby_selftest COMMAND bash
+        "${CMAKE_CURRENT_SOURCE_DIR}/tests/docs_ruby.sh"
+        "${CMAKE_CURRENT_SOURCE_DIR}" --selftest)
+    set_tests_properties(docs_ruby docs_ruby_selftest PROPERTIES
+        TIMEOUT 120 LABELS docs)
+endif()
+
 # On by default where ruby-dev is installed; sanitizer builds leave it out
 # (the extension is built with Ruby's flags, not instrumented).
 set(_em_ruby_default OFF)
