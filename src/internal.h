@@ -85,7 +85,8 @@ void em__poller_close(em_loop *loop);
 /* Makes the backend's interest for w equal to `interest` (0 removes it).
  * Returns 0 or a negative errno. No syscall when nothing changes. */
 int em__poller_set(em_loop *loop, em__watcher *w, unsigned interest);
-/* Forgets w without a syscall: for a descriptor about to be closed. */
+/* Takes w out of the backend before its descriptor is closed (close alone
+ * does not when another descriptor shares the open file). */
 void em__poller_forget(em_loop *loop, em__watcher *w);
 /* Can the backend watch fd? Returns 0, -EPERM (a regular file, /dev/null:
  * epoll refuses them), -EEXIST (already watched by this loop), -EBADF. */

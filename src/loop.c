@@ -243,7 +243,10 @@ int em_loop_free(em_loop *loop)
         return -EINVAL;
     if (loop->owner_pid != getpid()) {
         /* Inherited across fork: released without a callback or a word to
-         * the parent's peers, even from inside a callback (fork.c). */
+         * the parent's peers, even from inside a callback (fork.c). The
+         * epoll set is the parent's too: our reference goes first, so
+         * nothing below can take the parent's registrations out of it. */
+        em__poller_close(loop);
         em__loop_forget(loop);
         loop_release(loop);
         return 0;

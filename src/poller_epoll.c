@@ -65,9 +65,21 @@ int em__poller_set(em_loop *loop, em__watcher *w, unsigned interest)
     return 0;
 }
 
+/* Called before the descriptor is closed. close(2) takes a descriptor out
+ * of epoll only when it was the last reference to its open file: a dup the
+ * program kept (the Ruby engine attaches a dup of the IO's descriptor), or
+ * a child between fork and exec, keeps the registration alive, and its
+ * events would name a freed watcher (a use-after-free, and a level-
+ * triggered spin once the file stays ready). So the registration goes
+ * explicitly, at one epoll_ctl per close, as libuv does. (Not in a forked
+ * child releasing its copy of the loop: the set is shared with the parent,
+ * and em_loop_free closes the child's reference to it first.) */
 void em__poller_forget(em_loop *loop, em__watcher *w)
 {
-    (void)loop;
+    if (w->in_backend && w->fd >= 0 && loop->backend_fd >= 0) {
+        struct epoll_event ev = {.events = 0};
+        epoll_ctl(loop->backend_fd, EPOLL_CTL_DEL, w->fd, &ev);
+    }
     w->in_backend = 0;
     w->registered = 0;
 }

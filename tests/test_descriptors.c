@@ -946,3 +946,82 @@ Test(descriptors, no_fd_left, .timeout = TH_TIMEOUT(20))
     sink_reset(&c);
     cr_assert_eq(th_count_fds(), before);
 }
+
+/* ---- shared open files ------------------------------------------------ */
+
+/* Registrations in the loop's epoll set, from /proc/self/fdinfo. */
+static int epoll_entries(em_loop *loop)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", em_backend_fd(loop));
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    char line[256];
+    int n = 0;
+    while (fgets(line, sizeof(line), f))
+        n += strncmp(line, "tfd:", 4) == 0;
+    fclose(f);
+    return n;
+}
+
+/* close(2) leaves a descriptor in epoll while another descriptor shares its
+ * open file (a dup kept by the program, as the Ruby engine's attach_fd
+ * does, or a child between fork and exec). Closing a connection must take
+ * it out all the same: its events would otherwise name a freed connection
+ * (a use-after-free) and, the pipe staying readable, wake every turn. */
+Test(descriptors, close_leaves_no_registration_on_a_shared_file,
+     .timeout = TH_TIMEOUT(10))
+{
+    int before = th_count_fds();
+    em_loop *loop = th_loop();
+    int base = epoll_entries(loop);
+
+    /* An attached dup of a pipe's read end; the original stays open. */
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    int d = dup(p[0]);
+    cr_assert_geq(d, 0);
+    sink s = {0};
+    em_conn *conn;
+    cr_assert_eq(em_attach(loop, d, &sink_handler, &s, &conn), 0);
+    cr_assert_eq(epoll_entries(loop), base + 1);
+    em_close_connection(conn, 0);
+    th_run_until_count(loop, &s.unbinds, 1, 5);
+    cr_assert_eq(epoll_entries(loop), base, "closed, still registered");
+    cr_assert_eq(write(p[1], "ready", 5), 5);
+    for (int i = 0; i < 5; i++)
+        em_run_once(loop, 0);
+    cr_assert_eq(s.len, 0);
+    cr_assert_eq(s.unbinds, 1);
+
+    /* A TCP connection whose socket the program duplicated. */
+    sink client = {0};
+    em_server *srv = th_start_server(loop, &sink_handler, &s);
+    em_conn *c;
+    cr_assert_eq(em_connect(loop, "127.0.0.1", th_listen_port(srv),
+                            &sink_handler, &client, &c),
+                 0);
+    th_run_until_count(loop, &s.post_inits, 2, 5);
+    em_conn *accepted = s.conn;
+    cr_assert_not_null(accepted);
+    int keep = dup(em_get_fd(c));
+    cr_assert_geq(keep, 0);
+    em_close_connection(c, 0);
+    th_run_until_count(loop, &client.unbinds, 1, 5);
+    cr_assert_eq(epoll_entries(loop), base + 2, "the server and its peer");
+    cr_assert_eq(em_send_data(accepted, "ready", 5), 0);
+    for (int i = 0; i < 5; i++)
+        em_run_once(loop, 0);
+    cr_assert_eq(client.len, 0);
+
+    close(keep);
+    close(p[0]);
+    close(p[1]);
+    em_close_connection(accepted, 0);
+    th_run_until_count(loop, &s.unbinds, 2, 5);
+    cr_assert_eq(em_stop_server(srv), 0);
+    sink_reset(&s);
+    sink_reset(&client);
+    th_free_loop(loop);
+    cr_assert_eq(th_count_fds(), before);
+}
