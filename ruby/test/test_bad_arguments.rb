@@ -39,7 +39,7 @@
 #   inside stop_tcp_server(not a listener)                    abort
 #   inside unwatch_pid(not a pid watch)                       abort
 #   inside set_timer_quantum(out of range)                    abort
-#   inside watch_filename(a directory)                        abort
+#   inside watch_filename(a name longer than PATH_MAX)        crash
 #   inside release_machine()                                  segv (next call)
 #   inside run_machine(), run_machine_without_threads()       hang (100% CPU)
 
