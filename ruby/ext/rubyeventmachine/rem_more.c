@@ -166,13 +166,17 @@ static VALUE t_invoke_popen(VALUE self, VALUE cmd)
         rb_raise(rb_eRuntimeError, "too many arguments to popen");
     if (n < 2)
         rb_raise(rb_eRuntimeError, "no popen: %s", strerror(EINVAL));
-    /* EventMachine's Ruby passes [program, argv0, args...]. The converted
-     * strings are kept in `keep` so that none is collected before use. */
+    /* EventMachine's Ruby passes [program, argv0, args...]; libem runs
+     * argv0. The program is checked as Debian's engine does (a String
+     * without NUL) but not used. The converted strings are kept in `keep`
+     * so that none is collected before use. */
     VALUE keep = rb_ary_new_capa(n);
     const char **argv = ALLOCA_N(const char *, n);
-    for (long i = 1; i < n; i++) {
+    for (long i = 0; i < n; i++) {
         VALUE s = rb_ary_entry(cmd, i);
-        argv[i - 1] = StringValueCStr(s);
+        const char *c = StringValueCStr(s);
+        if (i > 0)
+            argv[i - 1] = c;
         rb_ary_push(keep, s);
     }
     argv[n - 1] = NULL;
