@@ -226,18 +226,15 @@ module BadArguments
     after: %i[initialize_event_machine]
   }.freeze
 
-  # Calls not made on libem's engine because they hit a bug in libem's core
-  # (src/, outside this binding), reported to the lead; found with the
-  # sweep's child under ASan (the extension built with -fsanitize=address,
-  # LD_PRELOAD=libasan). The sweep makes a single spawning call per phase:
-  # two failed execs in one turn hit the same bug through a pidfd (the
-  # second child holds the first one's pidfd while the first is reaped).
-  # - attach_fd(0, false): stdin (a pipe at EOF) attached natively, so no
-  #   Ruby object closes the original descriptor at unbind. libem closes its
-  #   dup without EPOLL_CTL_DEL; the open file description lives on in fd 0,
-  #   so epoll keeps reporting it, for a freed watcher: use after free in
-  #   em__poller_dispatch.
-  CORE_BUGS = ["inside attach_fd(0, false)"].freeze
+  # Calls not made on libem's engine because they hit a bug in libem's core.
+  # None now. The sweep found one, under ASan (the extension built with
+  # -fsanitize=address, LD_PRELOAD=libasan): libem closed a descriptor
+  # without EPOLL_CTL_DEL, so one whose open file lived on elsewhere stayed
+  # in epoll for a freed watcher (attach_fd(0, false): stdin attached
+  # natively, its dup closed at unbind; two failed execs in one turn: the
+  # second child held the first one's pidfd). Fixed in src/poller_epoll.c
+  # (em__poller_forget); tests/test_descriptors.c checks it.
+  CORE_BUGS = [].freeze
 
   # Misuses that need two steps or two arguments that name the same thing.
   EXTRA_CALLS = [
