@@ -33,6 +33,20 @@ static int thread_count(void)
     return n;
 }
 
+/* The thread count once joined threads have left /proc/self/task:
+ * pthread_join returns when the thread clears its tid, a moment before
+ * the kernel unlists it, so a count right after em_loop_free may still see
+ * it. Polls up to 2 s for `want`; returns the last count. */
+static int thread_count_settled(int want)
+{
+    int n = thread_count();
+    for (int i = 0; i < 200 && n != want; i++) {
+        th_sleep_ms(10);
+        n = thread_count();
+    }
+    return n;
+}
+
 /* ---- a recording job --------------------------------------------------- */
 
 #define MAX_JOBS 2000
@@ -173,7 +187,8 @@ Test(defer, many_jobs_each_done_once_within_the_pool_size,
         cr_assert_eq(w.done_result[i], i * 10 + 7, "job %d got another's", i);
     }
     th_free_loop(loop);
-    cr_assert_eq(thread_count(), before, "pool threads outlived the loop");
+    cr_assert_eq(thread_count_settled(before), before,
+                 "pool threads outlived the loop");
 }
 
 Test(defer, threads_start_lazily_and_up_to_the_size, .timeout = TH_TIMEOUT(20))
@@ -202,7 +217,7 @@ Test(defer, threads_start_lazily_and_up_to_the_size, .timeout = TH_TIMEOUT(20))
     atomic_store(&w.gate_open, 1);
     th_run_until_count(loop, &w.done_count, 4, 5.0);
     th_free_loop(loop);
-    cr_assert_eq(thread_count(), before);
+    cr_assert_eq(thread_count_settled(before), before);
 }
 
 /* ---- cancelling -------------------------------------------------------- */
@@ -365,7 +380,8 @@ Test(defer, free_with_jobs_queued_and_running, .timeout = TH_TIMEOUT(20))
     }
     cr_assert_eq(probe.calls, 1);
     cr_assert_eq(probe.defer_rc, -ECANCELED, "em_defer during em_loop_free");
-    cr_assert_eq(thread_count(), before, "pool threads outlived the loop");
+    cr_assert_eq(thread_count_settled(before), before,
+                 "pool threads outlived the loop");
     cr_assert_eq(th_count_fds(), fds);
 }
 
