@@ -402,6 +402,29 @@ int th_count_fds(void)
     return n;
 }
 
+int th_thread_count(void)
+{
+    DIR *dir = opendir("/proc/self/task");
+    cr_assert_not_null(dir, "opendir /proc/self/task: %s", strerror(errno));
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(dir);
+    return n;
+}
+
+int th_thread_count_settled(int want)
+{
+    int n = th_thread_count();
+    for (int i = 0; i < 200 * TH_TIMEOUT_SCALE && n != want; i++) {
+        th_sleep_ms(10);
+        n = th_thread_count();
+    }
+    return n;
+}
+
 void th_raise_nofile(rlim_t want)
 {
     struct rlimit rl;

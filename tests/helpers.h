@@ -169,6 +169,15 @@ char *th_unix_path(char *buf, size_t size, const char *tag);
  * compare before and after). */
 int th_count_fds(void);
 
+/* Threads of this process now (/proc/self/task). */
+int th_thread_count(void);
+
+/* The same once joined threads have left /proc/self/task: pthread_join
+ * returns when a thread clears its tid, a moment before the kernel unlists
+ * it, so a count right after em_loop_free may still see it. Polls up to 2 s
+ * (scaled) for `want`; returns the last count. */
+int th_thread_count_settled(int want);
+
 /* Raises the soft RLIMIT_NOFILE to at least want; fails the test if the
  * hard limit is lower. */
 void th_raise_nofile(rlim_t want);

@@ -8,7 +8,6 @@
  * Assertions run only on the test's thread: work functions record what
  * they saw in atomics that the test checks afterwards.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -20,32 +19,6 @@
 
 #include "em.h"
 #include "helpers.h"
-
-static int thread_count(void)
-{
-    DIR *dir = opendir("/proc/self/task");
-    cr_assert_not_null(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(dir);
-    return n;
-}
-
-/* The thread count once joined threads have left /proc/self/task:
- * pthread_join returns when the thread clears its tid, a moment before
- * the kernel unlists it, so a count right after em_loop_free may still see
- * it. Polls up to 2 s for `want`; returns the last count. */
-static int thread_count_settled(int want)
-{
-    int n = thread_count();
-    for (int i = 0; i < 200 && n != want; i++) {
-        th_sleep_ms(10);
-        n = thread_count();
-    }
-    return n;
-}
 
 /* ---- a recording job --------------------------------------------------- */
 
@@ -168,7 +141,7 @@ Test(defer, one_thread_runs_jobs_in_call_order, .timeout = TH_TIMEOUT(20))
 Test(defer, many_jobs_each_done_once_within_the_pool_size,
      .timeout = TH_TIMEOUT(30))
 {
-    int before = thread_count();
+    int before = th_thread_count();
     em_loop *loop = th_loop();
     static struct world w;
     memset(&w, 0, sizeof(w));
@@ -178,7 +151,7 @@ Test(defer, many_jobs_each_done_once_within_the_pool_size,
         submit(loop, &w, i, 0);
     cr_assert_eq(em_defer_count(loop), (size_t)n);
     th_run_until_count(loop, &w.done_count, n, 20.0);
-    cr_assert_leq(thread_count() - before, 4, "more threads than the size");
+    cr_assert_leq(th_thread_count() - before, 4, "more threads than the size");
     cr_assert_leq(atomic_load(&w.max_running), 4);
     for (int i = 0; i < n; i++) {
         cr_assert_eq(w.done_calls[i], 1, "job %d done %d times", i,
@@ -187,18 +160,18 @@ Test(defer, many_jobs_each_done_once_within_the_pool_size,
         cr_assert_eq(w.done_result[i], i * 10 + 7, "job %d got another's", i);
     }
     th_free_loop(loop);
-    cr_assert_eq(thread_count_settled(before), before,
+    cr_assert_eq(th_thread_count_settled(before), before,
                  "pool threads outlived the loop");
 }
 
 Test(defer, threads_start_lazily_and_up_to_the_size, .timeout = TH_TIMEOUT(20))
 {
-    int before = thread_count();
+    int before = th_thread_count();
     em_loop *loop = th_loop();
     static struct world w;
     memset(&w, 0, sizeof(w));
     cr_assert_eq(em_set_threadpool_size(loop, 3), 0);
-    cr_assert_eq(thread_count(), before, "a thread before any work");
+    cr_assert_eq(th_thread_count(), before, "a thread before any work");
 
     /* Three gated jobs hold three threads; a fourth job waits. */
     for (int i = 0; i < 4; i++)
@@ -206,18 +179,18 @@ Test(defer, threads_start_lazily_and_up_to_the_size, .timeout = TH_TIMEOUT(20))
     wait_gated(loop, &w, 3);
     th_run_for(loop, 0.05);
     cr_assert_eq(atomic_load(&w.gated_in), 3, "the size was exceeded");
-    cr_assert_eq(thread_count() - before, 3);
+    cr_assert_eq(th_thread_count() - before, 3);
     cr_assert_eq(em_set_threadpool_size(loop, 2), -EBUSY,
                  "shrunk below the started threads");
 
     /* Growing starts a thread for the waiting job at once. */
     cr_assert_eq(em_set_threadpool_size(loop, 5), 0);
     wait_gated(loop, &w, 4);
-    cr_assert_eq(thread_count() - before, 4, "started more than needed");
+    cr_assert_eq(th_thread_count() - before, 4, "started more than needed");
     atomic_store(&w.gate_open, 1);
     th_run_until_count(loop, &w.done_count, 4, 5.0);
     th_free_loop(loop);
-    cr_assert_eq(thread_count_settled(before), before);
+    cr_assert_eq(th_thread_count_settled(before), before);
 }
 
 /* ---- cancelling -------------------------------------------------------- */
@@ -352,7 +325,7 @@ static void probe_done(em_loop *loop, void *arg, void *result, int status)
 
 Test(defer, free_with_jobs_queued_and_running, .timeout = TH_TIMEOUT(20))
 {
-    int before = thread_count();
+    int before = th_thread_count();
     int fds = th_count_fds();
     em_loop *loop = th_loop();
     static struct world w;
@@ -380,7 +353,7 @@ Test(defer, free_with_jobs_queued_and_running, .timeout = TH_TIMEOUT(20))
     }
     cr_assert_eq(probe.calls, 1);
     cr_assert_eq(probe.defer_rc, -ECANCELED, "em_defer during em_loop_free");
-    cr_assert_eq(thread_count_settled(before), before,
+    cr_assert_eq(th_thread_count_settled(before), before,
                  "pool threads outlived the loop");
     cr_assert_eq(th_count_fds(), fds);
 }

@@ -475,33 +475,6 @@ Test(resolve, bad_args, .timeout = 10)
     th_free_loop(loop);
 }
 
-static int thread_count(void)
-{
-    DIR *dir = opendir("/proc/self/task");
-    struct dirent *entry;
-    int n = 0;
-
-    cr_assert_not_null(dir);
-    while ((entry = readdir(dir)) != NULL)
-        n += entry->d_name[0] != '.';
-    closedir(dir);
-    return n;
-}
-
-/* The thread count once joined threads have left /proc/self/task:
- * pthread_join returns when the thread clears its tid, a moment before
- * the kernel unlists it, so a count right after em_loop_free may still see
- * it. Polls up to 2 s for `want`; returns the last count. */
-static int thread_count_settled(int want)
-{
-    int n = thread_count();
-    for (int i = 0; i < 200 && n != want; i++) {
-        th_sleep_ms(10);
-        n = thread_count();
-    }
-    return n;
-}
-
 #define MANY 40
 
 static int delivered_count(const result *r, int n)
@@ -519,7 +492,7 @@ Test(resolve, many_jobs_each_delivered_once, .timeout = 60)
     em_loop *loop = th_loop();
     em__resolve_job *jobs[MANY];
     result r[MANY];
-    int before = thread_count();
+    int before = th_thread_count();
     double deadline;
     int i;
 
@@ -527,21 +500,21 @@ Test(resolve, many_jobs_each_delivered_once, .timeout = 60)
     for (i = 0; i < MANY; i++)
         start(loop, i % 2 ? "127.0.0.1" : "localhost", 1000 + i, &r[i],
               &jobs[i]);
-    cr_assert_geq(thread_count() - before, 1, "no worker");
+    cr_assert_geq(th_thread_count() - before, 1, "no worker");
     deadline = th_now() + RESOLVE_WAIT_S;
     while (delivered_count(r, MANY) < MANY) {
         cr_assert_lt(th_now(), deadline, "%d of %d delivered",
                      delivered_count(r, MANY), MANY);
         th_run_for(loop, 0.01);
     }
-    cr_assert_leq(thread_count() - before, 4, "more than 4 workers");
+    cr_assert_leq(th_thread_count() - before, 4, "more than 4 workers");
     for (i = 0; i < MANY; i++) {
         cr_assert_eq(r[i].calls, 1, "job %d ran %d times", i, r[i].calls);
         cr_assert_eq(r[i].err, 0, "job %d: %s", i, em_strerror(r[i].err));
         cr_assert_eq(r[i].port, 1000 + i, "job %d got another's result", i);
     }
     th_free_loop(loop);
-    cr_assert_eq(thread_count_settled(before), before,
+    cr_assert_eq(th_thread_count_settled(before), before,
                  "workers outlived the loop");
 }
 
@@ -707,7 +680,7 @@ Test(resolve, free_with_jobs_in_flight, .timeout = 30)
     em_loop *loop = th_loop();
     em__resolve_job *jobs[MANY];
     result r[MANY];
-    int before = thread_count();
+    int before = th_thread_count();
     int i;
 
     memset(r, 0, sizeof(r));
@@ -718,7 +691,7 @@ Test(resolve, free_with_jobs_in_flight, .timeout = 30)
     th_free_loop(loop);
     for (i = 0; i < MANY; i++)
         cr_assert_eq(r[i].calls, 0, "job %d delivered during free", i);
-    cr_assert_eq(thread_count_settled(before), before,
+    cr_assert_eq(th_thread_count_settled(before), before,
                  "workers outlived the loop");
 }
 
