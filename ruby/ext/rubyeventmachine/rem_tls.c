@@ -101,6 +101,17 @@ void rem_tls_parms_free(rem_conn *rc)
     rc->tls_parms = NULL;
 }
 
+/* A copy of v, or NULL for nil and "" (EventMachine's Ruby passes ""
+ * for "unset"); *nomem is set when strdup fails. */
+static char *dup_or_null(VALUE v, int *nomem)
+{
+    if (NIL_P(v) || !*RSTRING_PTR(v))
+        return NULL;
+    char *d = strdup(RSTRING_PTR(v));
+    *nomem |= !d;
+    return d;
+}
+
 static VALUE t_set_tls_parms(int argc, VALUE *argv, VALUE self)
 {
     (void)self;
@@ -121,12 +132,8 @@ static VALUE t_set_tls_parms(int argc, VALUE *argv, VALUE self)
     if (!p)
         rb_memerror();
     int nomem = 0;
-    for (int i = 0; i < 9; i++) {
-        if (NIL_P(in[i]) || !*RSTRING_PTR(in[i]))
-            continue; /* EventMachine's Ruby passes "" for "unset" */
-        p->strings[i] = strdup(RSTRING_PTR(in[i]));
-        nomem |= !p->strings[i];
-    }
+    for (int i = 0; i < 9; i++)
+        p->strings[i] = dup_or_null(in[i], &nomem);
     p->verify_peer = RTEST(argv[6]);
     p->fail_if_no_peer_cert = RTEST(argv[7]);
     p->protocols = protocols;
@@ -140,15 +147,6 @@ static VALUE t_set_tls_parms(int argc, VALUE *argv, VALUE self)
     return Qnil;
 }
 
-static char *dup_or_null(VALUE v, int *nomem)
-{
-    if (NIL_P(v) || !*RSTRING_PTR(v))
-        return NULL;
-    char *d = strdup(RSTRING_PTR(v));
-    *nomem |= !d;
-    return d;
-}
-
 /* LibEM.set_tls_verify(sig, verify_hostname, ca_file, ca_path, ask_ruby):
  * verify_hostname is true (the host given to connect), false/nil (chain
  * only) or a name; the files are Strings or nil. */
@@ -157,10 +155,12 @@ static VALUE t_set_tls_verify(VALUE self, VALUE sig, VALUE name, VALUE ca_file,
 {
     (void)self;
     rem_loop("evma_set_tls_parms");
-    VALUE in[3] = {name, ca_file, ca_path};
-    for (int i = 0; i < 3; i++)
-        if (!NIL_P(in[i]) && !(i == 0 && (name == Qtrue || name == Qfalse)))
-            StringValueCStr(in[i]);
+    if (RTEST(name) && name != Qtrue)
+        StringValueCStr(name);
+    if (!NIL_P(ca_file))
+        StringValueCStr(ca_file);
+    if (!NIL_P(ca_path))
+        StringValueCStr(ca_path);
     em_conn *conn = rem_conn_of(sig);
     if (!conn)
         return Qnil;
@@ -169,10 +169,10 @@ static VALUE t_set_tls_verify(VALUE self, VALUE sig, VALUE name, VALUE ca_file,
         rb_memerror();
     int nomem = 0;
     s->check_name = RTEST(name);
-    if (RB_TYPE_P(in[0], T_STRING))
-        s->verify_hostname = dup_or_null(in[0], &nomem);
-    s->ca_file = dup_or_null(in[1], &nomem);
-    s->ca_path = dup_or_null(in[2], &nomem);
+    if (RTEST(name) && name != Qtrue)
+        s->verify_hostname = dup_or_null(name, &nomem);
+    s->ca_file = dup_or_null(ca_file, &nomem);
+    s->ca_path = dup_or_null(ca_path, &nomem);
     s->ask_ruby = RTEST(ask_ruby);
     rem_conn *rc = em_conn_state(conn);
     secure_free(rc);
